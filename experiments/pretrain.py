@@ -1,0 +1,44 @@
+"""Stage `pretrain`: train one tiny Qwen3 (teacher or a student) on its corpus; save it with save_pretrained."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from uniapl.config import load_params
+from uniapl.io import atomic_path, read_jsonl, write_json
+from uniapl.models import build_policy, load_tokenizer, n_params
+from uniapl.supervised import train_lm
+
+
+def main(params_path: str, name: str, world_dir: str, out: str) -> None:
+    p = load_params(params_path)
+    spec = p.pretrain.models[name]
+    torch.set_num_threads(p.pretrain.threads)
+    tok = load_tokenizer(f"{world_dir}/tokenizer")
+    corpus = read_jsonl(f"{world_dir}/corpus_{spec.corpus}.jsonl")
+    model = build_policy(spec, tok, seed=p.pretrain.seed)
+    t0 = time.time()
+    losses = train_lm(model, tok, [(r["prompt"], r["response"]) for r in corpus], spec.steps, spec.lr,
+                      spec.batch_size, spec.warmup, p.pretrain.seed, p.pretrain.max_len,
+                      torch.bfloat16 if p.pretrain.dtype == "bf16" else None)
+    secs = time.time() - t0
+    with atomic_path(out) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+    write_json(f"results/pretrain/{name}.json", {"params": n_params(model), "steps": spec.steps,
+                                                  "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+                                                  "seconds": round(secs, 1)})
+    print(name, n_params(model), "params", f"{secs:.0f}s", "loss", losses[-1])
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--world", default="data/world")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    main(a.params, a.model, a.world, a.out or f"models/{a.model}")

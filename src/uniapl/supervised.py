@@ -1,0 +1,64 @@
+"""Supervised next-token training on (prompt, response) pairs: the pretraining of the embedded world.
+
+(The SFT *term* of the post-training methods lives in ``objectives.sft_nll``; this module only builds
+the starting models: the teacher on expert text, the students on student-writer text.)
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+import torch.nn.functional as F
+
+from uniapl.models import encode_prompt, encode_response, pack
+
+
+def lr_lambda(warmup: int, total: int, floor: float = 0.1):
+    """Linear warmup, then cosine decay to ``floor`` x the peak learning rate."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        prog = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * prog))
+    return f
+
+
+def response_nll(model, ids, attn, lmask) -> torch.Tensor:
+    """Token-mean NLL of the response tokens (positions where ``lmask`` is 1)."""
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+    m = lmask[:, 1:].reshape(-1)
+    return (nll * m).sum() / m.sum().clamp(min=1)
+
+
+def train_lm(model, tokenizer, pairs: list[tuple[str, str]], steps: int, lr: float, batch_size: int,
+             warmup: int, seed: int, max_len: int, autocast_dtype=torch.bfloat16, log=None) -> list[float]:
+    """AdamW on response-only NLL over shuffled epochs of ``pairs``; returns the loss curve."""
+    enc = [(encode_prompt(tokenizer, p), encode_response(tokenizer, r)) for p, r in pairs]
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, steps))
+    order: list[int] = []
+    losses = []
+    model.train()
+    for step in range(steps):
+        if len(order) < batch_size:
+            perm = list(range(len(enc)))
+            rng.shuffle(perm)
+            order += perm
+        idx, order = order[:batch_size], order[batch_size:]
+        ids, attn, lmask = pack([enc[i][0] for i in idx], [enc[i][1] for i in idx], tokenizer.pad_token_id, max_len)
+        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = response_nll(model, ids, attn, lmask)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if log is not None:
+            log(step, loss.item())
+    return losses

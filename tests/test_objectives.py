@@ -1,0 +1,317 @@
+"""Fast property/value tests for uniapl.objectives (verl / cleanrl spirit)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from uniapl import objectives as O
+
+AGGS = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+MAX_LEN = 8
+CLIP_LOW, CLIP_HIGH = 0.2, 0.28
+
+
+def _batch(B=6, T=MAX_LEN, seed=0):
+    """Random but fixed tensors; response lengths vary, one response is empty-ish (length 1)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([8, 3, 5, 1, 6, 2])[:B]
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).float()
+    old = -torch.rand(B, T, generator=g) * 3
+    logp = (old + 0.4 * torch.randn(B, T, generator=g)).clamp(max=-1e-3)  # ratios on both sides of the clip
+    ref = old + 0.2 * torch.randn(B, T, generator=g)
+    adv = torch.randn(B, generator=g)
+    scores = torch.randn(B, generator=g)
+    return logp, old, ref, adv, scores, mask
+
+
+def _losses(agg, normaliser=None):
+    """Every loss as a function of (logp, old, ref, adv, scores, mask) -> (loss, diag)."""
+    kw = dict(agg=agg, normaliser=normaliser, max_len=MAX_LEN)
+    return {
+        "grpo": lambda lp, o, r, a, s, m: O.grpo_loss(lp, o, a, m, CLIP_LOW, CLIP_HIGH, beta=0.1, ref_logp=r, **kw),
+        "sft": lambda lp, o, r, a, s, m: O.sft_nll(lp, m, **kw),
+        "adv": lambda lp, o, r, a, s, m: O.adversarial_loss(lp, o, s, 2, m, CLIP_LOW, CLIP_HIGH, **kw),
+    }
+
+
+# ----------------------------------------------------------------------------- hand-computed values
+
+
+def test_group_advantages_hand_values():
+    r = torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 6.0])
+    # group 1: mean 2, unbiased std 1; group 2: mean 2, unbiased var (4+4+16)/2 = 12
+    expect = torch.tensor([-1.0, 0.0, 1.0, -2 / math.sqrt(12), -2 / math.sqrt(12), 4 / math.sqrt(12)])
+    assert torch.allclose(O.group_advantages(r, 3, eps=0.0), expect)
+    assert torch.allclose(O.group_advantages(r.view(2, 3), 3, eps=0.0), expect)  # (N, G) input
+    assert torch.allclose(O.group_advantages(r, 3, scale_std=False), torch.tensor([-1.0, 0, 1, -2, -2, 4]))
+    assert torch.allclose(O.group_advantages(r, 3, eps=1.0)[:3], torch.tensor([-0.5, 0.0, 0.5]))
+    assert torch.equal(O.group_advantages(r, 1), torch.zeros(6))  # G == 1: no baseline signal, no NaN
+    assert torch.equal(O.group_advantages(torch.ones(4), 2), torch.zeros(4))  # constant group -> 0, no NaN
+    assert torch.allclose(O.adversarial_advantages(r, 3, eps=0.0), expect)
+
+
+def test_shaped_rewards():
+    assert torch.allclose(O.shaped_rewards(torch.tensor([1.0, 0.0]), torch.tensor([0.5, -2.0]), 0.1),
+                          torch.tensor([1.05, -0.2]))
+
+
+def test_kl_estimators_hand_values():
+    logp, ref = torch.tensor([[math.log(0.5)]]), torch.tensor([[math.log(0.25)]])
+    l2 = math.log(2)
+    assert torch.allclose(O.kl_penalty(logp, ref, "k1"), torch.tensor([[l2]]))
+    assert torch.allclose(O.kl_penalty(logp, ref, "k2"), torch.tensor([[0.5 * l2 ** 2]]))
+    assert torch.allclose(O.kl_penalty(logp, ref, "k3"), torch.tensor([[0.5 + l2 - 1]]))  # r - log r - 1, r=1/2
+    assert set(O.KL_ESTIMATORS) == {"k1", "k2", "k3"}
+    # k3 is non-negative and zero at equality
+    x, y = torch.randn(50), torch.randn(50)
+    assert (O.kl_penalty(x, y, "k3") >= 0).all() and O.kl_penalty(x, x, "k3").abs().max() == 0
+
+
+def test_clipped_loss_1x3_hand_values():
+    old = torch.zeros(1, 3)
+    mask = torch.ones(1, 3)
+    logp = torch.log(torch.tensor([[0.5, 1.1, 1.5]])).requires_grad_()  # ratios 0.5, 1.1, 1.5
+    # A = +1, eps 0.2: min(r, clip(r)) = [0.5, 1.1, 1.2]; only the 3rd token is clipped (r > 1.2, A > 0)
+    loss, d = O.clipped_pg_loss(logp, old, torch.tensor([1.0]), mask, 0.2, 0.2, "token-mean")
+    assert torch.allclose(loss, torch.tensor(-(0.5 + 1.1 + 1.2) / 3))
+    assert torch.allclose(d["clip_frac"], torch.tensor(1 / 3))
+    assert torch.allclose(d["ratio_mean"], torch.tensor(3.1 / 3))
+    expect_kl = sum((r - 1) - math.log(r) for r in (0.5, 1.1, 1.5)) / 3
+    assert torch.allclose(d["approx_kl"], torch.tensor(expect_kl))
+    loss.backward()  # d/dlogp of -r/3 = -r/3 on unclipped tokens, 0 on the clipped one
+    assert torch.allclose(logp.grad, torch.tensor([[-0.5 / 3, -1.1 / 3, 0.0]]))
+    # A = -1: -min(-r, -clip(r)) = max(r, clip(r)) = [0.8, 1.1, 1.5]; only the 1st is clipped
+    loss, d = O.clipped_pg_loss(logp, old, torch.tensor([-1.0]), mask, 0.2, 0.2, "token-mean")
+    assert torch.allclose(loss, torch.tensor((0.8 + 1.1 + 1.5) / 3))
+    assert torch.allclose(d["clip_frac"], torch.tensor(1 / 3))
+    # asymmetric clip-higher: clip_high 0.6 no longer clips r = 1.5
+    loss, d = O.clipped_pg_loss(logp, old, torch.tensor([[1.0, 1.0, 1.0]]), mask, 0.2, 0.6, "token-mean")
+    assert torch.allclose(loss, torch.tensor(-(0.5 + 1.1 + 1.5) / 3)) and d["clip_frac"] == 0
+
+
+def test_grpo_loss_adds_beta_kl():
+    logp, old, ref, adv, _, mask = _batch()
+    for agg in AGGS:
+        pg, _ = O.clipped_pg_loss(logp, old, adv, mask, CLIP_LOW, CLIP_HIGH, agg, max_len=MAX_LEN)
+        kl = O.aggregate(O.kl_penalty(logp, ref, "k3"), mask, agg, max_len=MAX_LEN)
+        loss, d = O.grpo_loss(logp, old, adv, mask, CLIP_LOW, CLIP_HIGH, beta=0.3, ref_logp=ref, agg=agg,
+                              max_len=MAX_LEN)
+        assert torch.allclose(loss, pg + 0.3 * kl)
+        assert torch.allclose(d["kl"], O.masked_mean(O.kl_penalty(logp, ref), mask))
+    loss0, _ = O.grpo_loss(logp, old, adv, mask, CLIP_LOW, CLIP_HIGH)
+    assert torch.allclose(loss0, O.clipped_pg_loss(logp, old, adv, mask, CLIP_LOW, CLIP_HIGH)[0])
+    with pytest.raises(ValueError):
+        O.grpo_loss(logp, old, adv, mask, CLIP_LOW, CLIP_HIGH, beta=0.1)
+
+
+def test_sft_nll_hand_value():
+    logp = torch.log(torch.tensor([[0.5, 0.25, 1e-30]]))
+    mask = torch.tensor([[1, 1, 0]])
+    loss, d = O.sft_nll(logp, mask)
+    assert torch.allclose(loss, torch.tensor(1.5 * math.log(2)))
+    assert torch.allclose(d["nll"], torch.tensor(1.5 * math.log(2)))
+
+
+def test_aggregation_hand_values():
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    m = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    assert torch.allclose(O.aggregate(x, m, "token-mean"), torch.tensor(10 / 4))
+    assert torch.allclose(O.aggregate(x, m, "seq-mean-token-mean"), torch.tensor((2.0 + 4.0) / 2))
+    assert torch.allclose(O.aggregate(x, m, "seq-mean-token-sum-norm", max_len=5), torch.tensor(10 / (2 * 5)))
+    assert torch.allclose(O.aggregate(x, m, "token-mean", normaliser=20), torch.tensor(0.5))
+    with pytest.raises(ValueError):
+        O.aggregate(x, m, "seq-mean-token-sum-norm")
+    with pytest.raises(KeyError):
+        O.aggregate(x, m, "nope")
+    assert set(O.AGGREGATIONS) == set(AGGS)
+    assert O.POLICY_LOSSES["grpo"] is O.grpo_loss
+    assert O.masked_mean(x, torch.zeros_like(m)) == 0  # empty mask: 0, not NaN
+
+
+def test_chord_mu_schedule():
+    kw = dict(total_steps=110, mu_peak=1.0, mu_valley=0.1, warmup_steps=10)
+    assert O.chord_mu(0, **kw) == 0.0
+    assert math.isclose(O.chord_mu(5, **kw), 0.5)  # half-way through warmup
+    assert math.isclose(O.chord_mu(10, **kw), 1.0)  # peak
+    assert math.isclose(O.chord_mu(60, **kw), 0.55)  # cosine midpoint = (peak + valley) / 2
+    assert math.isclose(O.chord_mu(110, **kw), 0.1)  # end
+    assert math.isclose(O.chord_mu(500, **kw), 0.1)  # held after the end
+    assert math.isclose(O.chord_mu(0, 10, 0.8, 0.0, 0), 0.8)  # no warmup
+    mus = [O.chord_mu(s, **kw) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(mus, mus[1:]))  # monotone decay
+
+
+def test_token_logprobs_and_entropy():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 4, 7, generator=g, dtype=torch.float64).to(torch.bfloat16)
+    labels = torch.randint(0, 7, (2, 4), generator=g)
+    ref = torch.log_softmax(logits.float(), -1).gather(-1, labels[..., None]).squeeze(-1)
+    out = O.token_logprobs(logits, labels)
+    assert out.dtype == torch.float32 and out.shape == (2, 4)
+    assert torch.allclose(out, ref, atol=1e-6)
+    p = torch.softmax(logits.float(), -1)
+    ent = O.entropy_from_logits(logits)
+    assert torch.allclose(ent, -(p * torch.log(p)).sum(-1), atol=1e-5)
+    assert torch.allclose(O.entropy_from_logits(torch.zeros(1, 1, 5)), torch.tensor([[math.log(5)]]))
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+@pytest.mark.parametrize("garbage", [1e4, -1e4, float("-inf")])  # -inf: e.g. padding after a -inf logit mask
+@pytest.mark.parametrize("agg", AGGS)
+@pytest.mark.parametrize("name", ["grpo", "sft", "adv"])
+def test_masked_positions_never_matter(agg, name, garbage):
+    logp, old, ref, adv, scores, mask = _batch()
+    fn = _losses(agg)[name]
+    pad = mask == 0
+    a = logp.clone().requires_grad_()
+    loss_a, _ = fn(a, old, ref, adv, scores, mask)
+    loss_a.backward()
+    # huge garbage on masked positions of every per-token input (exp(1e4) would be inf if it leaked,
+    # and 0 * inf = NaN if masking were done by multiplication)
+    b = torch.where(pad, torch.full_like(logp, garbage), logp).requires_grad_()
+    old_g = torch.where(pad, torch.full_like(old, -garbage), old)
+    ref_g = torch.where(pad, torch.full_like(ref, 3 * garbage), ref)
+    loss_b, diag = fn(b, old_g, ref_g, adv, scores, mask)
+    loss_b.backward()
+    assert torch.isfinite(loss_b) and all(torch.isfinite(v) for v in diag.values())
+    assert torch.equal(loss_a, loss_b)
+    assert torch.equal(a.grad[~pad], b.grad[~pad])
+    assert torch.equal(b.grad[pad], torch.zeros_like(b.grad[pad]))
+    assert a.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("agg", AGGS)
+@pytest.mark.parametrize("name", ["grpo", "sft", "adv"])
+@pytest.mark.parametrize("splits", [[2, 4], [2, 2, 2]])
+def test_microbatch_accumulation_equals_full_batch(agg, name, splits):
+    logp, old, ref, adv, scores, mask = _batch()
+    full = logp.clone().requires_grad_()
+    loss_full, _ = _losses(agg)[name](full, old, ref, adv, scores, mask)
+    loss_full.backward()
+
+    norm = mask.sum() if agg == "token-mean" else mask.shape[0]  # global tokens / global sequences
+    fn = _losses(agg, normaliser=norm)[name]
+    acc = logp.clone().requires_grad_()
+    total, start = 0.0, 0
+    for n in splits:  # groups of 2 are never split (adversarial advantage is per group)
+        sl = slice(start, start + n)
+        width = int(mask[sl].sum(-1).max())  # each micro-batch padded only to its own longest response
+        micro = [t[sl, :width] for t in (acc, old, ref)] + [adv[sl], scores[sl], mask[sl, :width]]
+        loss, _ = fn(*micro)
+        loss.backward()
+        total, start = total + loss.detach(), start + n
+    assert torch.allclose(total, loss_full.detach(), atol=1e-6)
+    assert torch.allclose(acc.grad, full.grad, atol=1e-7)
+
+
+def test_without_global_normaliser_accumulation_is_wrong():
+    """Guards the accumulation test against vacuity: local normalisers give a different (biased) loss."""
+    logp, old, ref, adv, scores, mask = _batch()
+    full, _ = O.sft_nll(logp, mask)
+    micro = sum(O.sft_nll(logp[s], mask[s])[0] for s in (slice(0, 2), slice(2, 6))) / 2
+    assert not torch.allclose(micro, full)
+
+
+def test_loss_is_sensitive_to_mask():
+    """A swapped / shifted mask must change the loss, so the masking tests above are not vacuous."""
+    logp, old, ref, adv, scores, mask = _batch()
+    for agg in AGGS:
+        for fn in _losses(agg).values():
+            l1, _ = fn(logp, old, ref, adv, scores, mask)
+            l2, _ = fn(logp, old, ref, adv, scores, 1 - mask)
+            l3, _ = fn(logp, old, ref, adv, scores, mask.roll(1, dims=1))
+            assert not torch.allclose(l1, l2) and not torch.allclose(l1, l3)
+
+
+# ----------------------------------------------------------------------------- equality with TRL 1.16
+
+
+@pytest.fixture(scope="module")
+def trl_grpo():
+    grpo_trainer = pytest.importorskip("trl.trainer.grpo_trainer")
+    from trl.trainer.utils import nanstd
+    return grpo_trainer.GRPOTrainer, nanstd
+
+
+def _trl_loss(GRPOTrainer, loss_type, logp, old, ref, adv, mask, beta, max_len, num_items=None, ga_steps=1):
+    """Run TRL's real ``GRPOTrainer._compute_loss`` on a stub ``self`` whose forward returns ``logp``."""
+    ident = lambda x, **_: x  # single process: gather/reduce are identities
+    stub = SimpleNamespace(
+        _get_per_token_logps_and_entropies=lambda *a, **k: (logp, torch.zeros_like(logp), None),
+        top_entropy_quantile=1.0, aux_loss_enabled=False, off_policy_mask_threshold=None,
+        importance_sampling_level="token", beta=beta, loss_type=loss_type,
+        epsilon_low=CLIP_LOW, epsilon_high=CLIP_HIGH, use_vllm=False, vllm_importance_sampling_correction=False,
+        model=SimpleNamespace(training=True), current_gradient_accumulation_steps=ga_steps,
+        max_completion_length=max_len, _entropy_bonus_enabled=False, _metrics={"train": defaultdict(list)},
+        args=SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=ga_steps),
+        accelerator=SimpleNamespace(num_processes=1, gather=ident, reduce=ident, gather_for_metrics=ident),
+    )
+    B, T = logp.shape
+    inputs = {
+        "prompt_ids": torch.zeros(B, 1, dtype=torch.long), "prompt_mask": torch.ones(B, 1, dtype=torch.long),
+        "completion_ids": torch.zeros(B, T, dtype=torch.long), "completion_mask": mask.long(),
+        "advantages": adv, "old_per_token_logps": old, "ref_per_token_logps": ref,
+        "num_items_in_batch": torch.tensor(float(mask.sum() if num_items is None else num_items)),
+    }
+    loss = GRPOTrainer._compute_loss(stub, None, inputs)
+    return loss, stub._metrics["train"]
+
+
+# TRL loss_type -> (our agg, normaliser): "dapo" = token-mean over the global batch (num_items_in_batch),
+# "bnpo" = token-mean over the local micro-batch, "grpo" = seq-mean-token-mean,
+# "dr_grpo" = seq-mean-token-sum-norm with max_len = max_completion_length.
+TRL_MAP = {"dapo": "token-mean", "bnpo": "token-mean", "grpo": "seq-mean-token-mean",
+           "dr_grpo": "seq-mean-token-sum-norm"}
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+@pytest.mark.parametrize("loss_type", list(TRL_MAP))
+def test_grpo_loss_matches_trl(trl_grpo, loss_type, beta):
+    GRPOTrainer, _ = trl_grpo
+    logp, old, ref, adv, _, mask = _batch()
+    a = logp.clone().requires_grad_()
+    trl_loss, metrics = _trl_loss(GRPOTrainer, loss_type, a, old, ref, adv, mask, beta, MAX_LEN)
+    trl_loss.backward()
+    b = logp.clone().requires_grad_()
+    ours, d = O.grpo_loss(b, old, adv, mask, CLIP_LOW, CLIP_HIGH, beta=beta, ref_logp=ref, kl_kind="k3",
+                          agg=TRL_MAP[loss_type], max_len=MAX_LEN)
+    ours.backward()
+    assert torch.allclose(ours, trl_loss, atol=1e-6)
+    assert torch.allclose(b.grad, a.grad, atol=1e-7)
+    assert math.isclose(d["clip_frac"].item(), metrics["clip_ratio/region_mean"][-1], abs_tol=1e-6)
+    assert d["clip_frac"] > 0  # the batch really exercises clipping
+    if beta:
+        assert math.isclose(d["kl"].item(), metrics["kl"][-1], rel_tol=1e-5)
+
+
+def test_dapo_accumulation_matches_trl(trl_grpo):
+    """TRL "dapo" with 2 accumulation steps (steps_per_generation=2) == our token-mean, global normaliser."""
+    GRPOTrainer, _ = trl_grpo
+    logp, old, ref, adv, _, mask = _batch()
+    n_tok = mask.sum()
+    trl_total = sum(
+        _trl_loss(GRPOTrainer, "dapo", logp[s], old[s], ref[s], adv[s], mask[s], 0.04, MAX_LEN, n_tok, 2)[0]
+        for s in (slice(0, 2), slice(2, 6)))
+    ours, _ = O.grpo_loss(logp, old, adv, mask, CLIP_LOW, CLIP_HIGH, beta=0.04, ref_logp=ref)
+    assert torch.allclose(ours, trl_total, atol=1e-6)
+
+
+def test_group_advantages_match_trl(trl_grpo):
+    _, nanstd = trl_grpo
+    rewards = torch.tensor([0.0, 1.0, 1.0, 0.5, 2.0, 2.0, 2.0, 2.0, -1.0, 3.0, 0.0, 0.2])
+    G = 4
+    # transcribed from trl 1.16.0 trl/trainer/grpo_trainer.py L2765-2787 (sum_then_normalize, scale_rewards="group")
+    mean_grouped_rewards = torch.nanmean(rewards.view(-1, G), dim=1).repeat_interleave(G, dim=0)
+    std_rewards = nanstd(rewards.view(-1, G), dim=1).repeat_interleave(G, dim=0)
+    trl_adv = (rewards - mean_grouped_rewards) / (std_rewards + 1e-4)
+    trl_adv_none = rewards - mean_grouped_rewards  # scale_rewards="none"
+    assert torch.allclose(O.group_advantages(rewards, G, eps=1e-4), trl_adv, atol=1e-6)
+    assert torch.allclose(O.group_advantages(rewards, G, scale_std=False), trl_adv_none)
+    assert torch.allclose(std_rewards[::G], rewards.view(-1, G).std(dim=1))  # TRL's std is the unbiased one
