@@ -9,6 +9,8 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DS_BUILD_OPS := 0
 export DS_ACCELERATOR := cpu
+# Stage commands call `python`/`dvc`: the project's venv comes first on PATH.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup repro test quick bench clean-venv
 
@@ -24,7 +26,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 repro: setup
-	$(BIN)/dvc repro
+	dvc repro
 
 quick: setup
 	UNIAPL_PROFILE=quick $(BIN)/dvc repro

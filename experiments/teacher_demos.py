@@ -1,0 +1,42 @@
+"""Stage `teacher_demos`: one teacher sample per training prompt, with verdicts and log-probs (the SFT data).
+
+Backends: `hf` (the embedded teacher, transformers), `vllm` (offline engine) or `openai` (any
+OpenAI-compatible server, e.g. `vllm serve Qwen/Qwen3-235B-A22B-Instruct-2507`) at paper scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from uniapl.config import load_params
+from uniapl.demos import generate_demos
+from uniapl.io import read_jsonl, write_json, write_jsonl
+
+
+def main(params_path: str, teacher: str, world_dir: str, out: str) -> None:
+    p = load_params(params_path)
+    torch.set_num_threads(p.pretrain.threads)
+    rows = read_jsonl(f"{world_dir}/train.jsonl")
+    t0 = time.time()
+    demos = generate_demos(p.teacher_demos, teacher, rows)
+    pass_rate = sum(d["pass"] for d in demos) / len(demos)
+    kept = [d for d in demos if d["pass"]] if p.teacher_demos.only_passing else demos
+    write_jsonl(out, kept)
+    stats = {"n_prompts": len(rows), "n_kept": len(kept), "pass_rate": pass_rate,
+             "mean_tokens": sum(d["n_tokens"] for d in demos) / len(demos),
+             "truncated": sum(d["truncated"] for d in demos) / len(demos), "seconds": round(time.time() - t0, 1)}
+    write_json("results/teacher_demos.json", stats)
+    print(stats)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--teacher", default="models/teacher")
+    ap.add_argument("--world", default="data/world")
+    ap.add_argument("--out", default="data/teacher_demos.jsonl")
+    a = ap.parse_args()
+    main(a.params, a.teacher, a.world, a.out)

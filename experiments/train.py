@@ -1,0 +1,110 @@
+"""Stage `train`: one run = one method on one student with one seed -> runs/<student>/<slug>/seed<k>/.
+
+Examples:
+  python experiments/train.py --method uniapl --student student-s --seed 0
+  python experiments/train.py --method grpo --init-from runs/student-s/sft/seed0/model --name sft-then-grpo
+  python experiments/train.py --method uniapl --set lambda_adv=0.5 --name uniapl_lam0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from uniapl.config import load_params, run_config
+from uniapl.discriminator import Discriminator
+from uniapl.io import atomic_path, read_jsonl, run_metadata, write_json
+from uniapl.methods import METHODS
+from uniapl.models import load_policy, load_tokenizer
+from uniapl.trainer import Trainer
+
+
+def parse_sets(items: list[str]) -> dict:
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise SystemExit(f"--set expects key=value, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--method", required=True, choices=sorted(METHODS))
+    ap.add_argument("--student", default="student-s")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--name", default=None, help="run name (default: the method); output runs/<student>/<name>/seed<k>")
+    ap.add_argument("--init-from", default=None, help="model directory of an earlier run (staged pipelines)")
+    ap.add_argument("--set", nargs="*", default=[], help="train overrides, key=value")
+    ap.add_argument("--models", default="models")
+    ap.add_argument("--demos", default="data/teacher_demos.jsonl")
+    ap.add_argument("--discriminator", default="models/discriminator")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--deepspeed", action="store_true", help="run under DeepSpeed (launch with torchrun/deepspeed)")
+    a = ap.parse_args()
+
+    params = load_params(a.params)
+    extra = parse_sets(a.set)
+    if a.init_from:
+        extra["init_from"] = a.init_from
+    if a.deepspeed:
+        extra["distributed"] = "deepspeed"
+    cfg = run_config(params, a.method, a.student, a.seed, extra)
+    out = Path(a.out or f"runs/{a.student}/{a.name or a.method}/seed{a.seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+
+    src = cfg.init_from or f"{a.models}/{cfg.student}"
+    tok = load_tokenizer(src)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    if cfg.distributed == "deepspeed" and device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    policy = load_policy(src).to(device)
+    demos = read_jsonl(a.demos)
+    if params.teacher_demos.only_passing:
+        demos = [d for d in demos if d["pass"]]
+    disc = None
+    if METHODS[cfg.method].adv != "none":
+        dcfg = params.discriminator
+        disc = (Discriminator.from_polar(dcfg.polar_model, trust_remote_code=dcfg.trust_remote_code)
+                if dcfg.source == "polar" else Discriminator.load(a.discriminator, frozen=not cfg.disc_cotrain, device=device))
+        if cfg.disc_cotrain:
+            disc.unfreeze()
+    ref = load_policy(src).to(device).eval() if cfg.beta > 0 else None
+    trainer = Trainer(cfg, policy, tok, demos, out, discriminator=disc, ref_policy=ref)
+    if cfg.distributed == "deepspeed":
+        import deepspeed
+        deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+        trainer.use_deepspeed({"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+                               "gradient_clipping": cfg.grad_clip, "zero_optimization": {"stage": cfg.zero_stage},
+                               "bf16": {"enabled": cfg.dtype == "bf16"}, "steps_per_print": 10 ** 9})
+    live = None
+    if trainer.rank == 0:
+        from dvclive import Live
+        live = Live(str(out / "dvclive"), resume=(out / "checkpoint").exists(), save_dvc_exp=False,
+                    dvcyaml=None, report=None)
+    t0 = time.time()
+    last = trainer.fit(live)
+    if trainer.rank == 0:
+        with atomic_path(out / "model") as tmp:
+            trainer.policy.save_pretrained(str(tmp), safe_serialization=True)  # DeepSpeed wraps, not replaces
+            tok.save_pretrained(str(tmp))
+        meta = run_metadata(cfg.seed, cfg.model_dump())
+        write_json(out / "metrics.json", {"method": cfg.method, "student": cfg.student, "seed": cfg.seed,
+                                          "steps": cfg.steps, "seconds": round(time.time() - t0, 1),
+                                          "final": last, **{k: meta[k] for k in ("git_revision", "versions")}})
+        write_json(out / "run.json", meta)
+        live.end()
+    print(f"{out}: {cfg.method} done in {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

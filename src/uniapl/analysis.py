@@ -1,0 +1,444 @@
+"""Statistics of the pipeline: summaries over seeds, tests, distribution distances, the summary tree,
+the claim verdicts, and log-prob / perplexity scoring of responses.
+
+Everything here is a pure function of files or values (the scorers need a model); the CLIs in
+``experiments/aggregate.py``, ``analyze.py`` and ``report.py`` only wire paths. Layout of results:
+``results/eval/<model>/<split>.json(l)``, ``results/logp/<model>/in_domain.json``,
+``results/ppl/<model>.json`` where ``<model>`` is ``teacher``, a base student name, or
+``runs/<student>/<method_slug>/seed<k>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+log = logging.getLogger(__name__)
+
+STUDENTS = ["student-s", "student-m"]
+SPLITS = ["in_domain", "ood"]
+METRICS = ["prompt_strict", "prompt_loose", "inst_strict", "inst_loose", "prompt_strict_sampled", "mean_len"]
+MAIN_METHODS = ["sft", "grpo", "sft->grpo", "sft->a_grpo", "a_sft->a_grpo", "a_sft", "chord", "a_chord", "uniapl"]
+ABLATIONS = ["uniapl_shaped", "uniapl_cotrained"]  # plus the uniapl_lam<value> sweep, found on disk
+PRIMARY = "prompt_strict"
+ALPHA = 0.05
+LAM_PREFIX = "uniapl_lam"
+
+
+# ----------------------------------------------------------------------------------------- names
+def method_slug(name: str) -> str:
+    """Directory name of a method: ``sft->grpo`` -> ``sft-then-grpo``."""
+    return name.replace("->", "-then-")
+
+
+def method_name(slug: str) -> str:
+    """Inverse of :func:`method_slug`."""
+    return slug.replace("-then-", "->")
+
+
+def lambda_of(method: str) -> float | None:
+    """``uniapl_lam0.5`` -> 0.5; None for any other method."""
+    if method.startswith(LAM_PREFIX):
+        try:
+            return float(method[len(LAM_PREFIX):])
+        except ValueError:
+            return None
+    return None
+
+
+def _seed_key(d: Path) -> int:
+    return int(d.name[4:])
+
+
+def run_models(results_dir: str | Path, student: str, method: str) -> dict[str, str]:
+    """``{seed label: model name}`` of a method's evaluated runs (teacher and base: one pseudo-seed)."""
+    if method == "teacher":
+        return {"seed0": "teacher"}
+    if method == "base":
+        return {"seed0": student}
+    base = Path(results_dir) / "eval" / "runs" / student / method_slug(method)
+    dirs = sorted((d for d in base.glob("seed*") if d.is_dir() and re.fullmatch(r"seed\d+", d.name)), key=_seed_key)
+    return {d.name: f"runs/{student}/{method_slug(method)}/{d.name}" for d in dirs}
+
+
+def discover_methods(results_dir: str | Path, students=STUDENTS) -> list[str]:
+    """Main methods, then ablations (lambda sweep sorted by lambda), that have any eval dir on disk."""
+    found = set()
+    for s in students:
+        d = Path(results_dir) / "eval" / "runs" / s
+        found |= {method_name(p.name) for p in d.iterdir() if p.is_dir()} if d.is_dir() else set()
+    lams = sorted((m for m in found if lambda_of(m) is not None), key=lambda_of)
+    known = [m for m in MAIN_METHODS + ABLATIONS if m in found]
+    return known + lams + sorted(found - set(known) - set(lams))
+
+
+# ------------------------------------------------------------------------------------ statistics
+def _arr(x) -> np.ndarray:
+    return np.asarray([v for v in x if v is not None and not (isinstance(v, float) and math.isnan(v))], dtype=float)
+
+
+def summarize(values) -> dict:
+    """Mean, sample std (ddof=1; 0 for n<2), 95% t half-width (0 for n<2), n, and the values."""
+    a = _arr(values)
+    n = len(a)
+    mean = float(a.mean()) if n else float("nan")
+    std = float(a.std(ddof=1)) if n > 1 else 0.0
+    ci = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else 0.0
+    return {"mean": mean, "std": std, "ci95": ci, "n": n, "values": [float(v) for v in a]}
+
+
+def _quiet(fn):
+    """Run a scipy test without its precision warning for a constant group (the result is still exact)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fn()
+
+
+def _degenerate(diff: float) -> tuple[float, float]:
+    """t and p when both samples have zero variance: exact equality, or an infinitely clear gap."""
+    return (0.0, 1.0) if diff == 0 else (math.copysign(math.inf, diff), 0.0)
+
+
+def welch_test(a, b) -> dict:
+    """Welch's unequal-variance t-test of mean(a) - mean(b); t and p are nan when either n < 2."""
+    a, b = _arr(a), _arr(b)
+    diff = float(a.mean() - b.mean()) if len(a) and len(b) else float("nan")
+    if len(a) < 2 or len(b) < 2:
+        return {"diff": diff, "t": float("nan"), "p": float("nan")}
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        t, p = _degenerate(diff)
+    else:
+        r = _quiet(lambda: stats.ttest_ind(a, b, equal_var=False))
+        t, p = float(r.statistic), float(r.pvalue)
+    return {"diff": diff, "t": t, "p": p}
+
+
+def paired_test(a, b) -> dict:
+    """Paired t-test (seed-aligned runs) of mean(a - b); nan when n < 2 or lengths differ."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) != len(b) or len(a) < 2:
+        return {"diff": float("nan"), "t": float("nan"), "p": float("nan")}
+    d = a - b
+    if np.ptp(d) == 0:
+        t, p = _degenerate(float(d.mean()))
+    else:
+        r = _quiet(lambda: stats.ttest_rel(a, b))
+        t, p = float(r.statistic), float(r.pvalue)
+    return {"diff": float(d.mean()), "t": t, "p": p}
+
+
+def one_sample_test(a, value: float) -> dict:
+    """t-test of mean(a) against a fixed value (e.g. the teacher's single evaluation)."""
+    a = _arr(a)
+    diff = float(a.mean() - value) if len(a) else float("nan")
+    if len(a) < 2:
+        return {"diff": diff, "t": float("nan"), "p": float("nan")}
+    if np.ptp(a) == 0:
+        t, p = _degenerate(diff)
+    else:
+        r = _quiet(lambda: stats.ttest_1samp(a, value))
+        t, p = float(r.statistic), float(r.pvalue)
+    return {"diff": diff, "t": t, "p": p}
+
+
+def bootstrap_diff(a, b, n_boot: int = 10000, seed: int = 0) -> dict:
+    """Percentile bootstrap of mean(a) - mean(b) (independent resampling of each group).
+
+    ``p`` is two-sided: twice the smaller tail mass of the bootstrap distribution at 0, with the
+    +1 correction so it is never exactly 0; nan when a group is empty.
+    """
+    a, b = _arr(a), _arr(b)
+    if not len(a) or not len(b):
+        return {"diff": float("nan"), "ci95_low": float("nan"), "ci95_high": float("nan"), "p": float("nan")}
+    rng = np.random.default_rng(seed)
+    d = a[rng.integers(0, len(a), (n_boot, len(a)))].mean(1) - b[rng.integers(0, len(b), (n_boot, len(b)))].mean(1)
+    lo, hi = np.percentile(d, [2.5, 97.5])
+    tail = min((d <= 0).sum(), (d >= 0).sum())
+    p = min(1.0, 2 * (tail + 1) / (n_boot + 1))
+    return {"diff": float(a.mean() - b.mean()), "ci95_low": float(lo), "ci95_high": float(hi), "p": float(p)}
+
+
+def wasserstein(a, b) -> float:
+    """1-Wasserstein (earth mover's) distance between two empirical distributions."""
+    return float(stats.wasserstein_distance(_arr(a), _arr(b)))
+
+
+# --------------------------------------------------------------------------------- file readers
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def read_lengths(results_dir, model: str, split: str = "in_domain") -> list[int] | None:
+    """Per-response greedy ``n_tokens`` of a model's eval rows."""
+    p = Path(results_dir) / "eval" / model / f"{split}.jsonl"
+    if not p.exists():
+        return None
+    return [json.loads(l)["n_tokens"] for l in p.read_text().splitlines() if l.strip()]
+
+
+def read_logp(results_dir, model: str, key: str = "teacher_scored") -> list[float] | None:
+    d = _read_json(Path(results_dir) / "logp" / model / "in_domain.json")
+    return None if d is None else d.get(key)
+
+
+def read_curve(path: str | Path) -> tuple[list[float], list[float]]:
+    """A DVCLive ``step\\t<metric>`` TSV -> (steps, values)."""
+    steps, vals = [], []
+    for line in Path(path).read_text().splitlines()[1:]:
+        parts = line.split("\t")
+        if len(parts) >= 2 and parts[1].strip():
+            steps.append(float(parts[0]))
+            vals.append(float(parts[1]))
+    return steps, vals
+
+
+# ------------------------------------------------------------------------------------ summaries
+def _clean(x):
+    """nan/inf -> None so the JSON is strict (DVC and browsers refuse NaN)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_clean(v) for v in x]
+    return x
+
+
+def _method_row(results_dir, student, method, splits, metrics, teacher_len, teacher_logp):
+    """(row as in the summary layout, seed-keyed internals for tests) or (None, None) when not run."""
+    models = run_models(results_dir, student, method)
+    evals = {s: {sp: _read_json(Path(results_dir) / "eval" / m / f"{sp}.json") for sp in splits} for s, m in models.items()}
+    if not any(v for e in evals.values() for v in e.values()):
+        return None, None
+    row, internal = {}, {"by_seed": {}, "length_w1": {}, "logp_w1": {}}
+    for sp in splits:
+        present = {s: e[sp] for s, e in evals.items() if e[sp]}
+        if present:
+            row[sp] = {k: summarize([present[s].get(k) for s in present]) for k in metrics}
+            internal["by_seed"][sp] = {s: present[s].get(PRIMARY) for s in present}
+    lens = {s: read_lengths(results_dir, m) for s, m in models.items()}
+    lens = {s: v for s, v in lens.items() if v}
+    logps = {s: read_logp(results_dir, m) for s, m in models.items()}
+    logps = {s: v for s, v in logps.items() if v}
+    ok_len, ok_logp = bool(lens and teacher_len), bool(logps and teacher_logp)
+    row["length_w1_to_teacher"] = wasserstein(sum(lens.values(), []), teacher_len) if ok_len else None
+    row["logp_w1_to_teacher"] = wasserstein(sum(logps.values(), []), teacher_logp) if ok_logp else None
+    internal["length_w1"] = {s: wasserstein(v, teacher_len) for s, v in lens.items()} if ok_len else {}
+    internal["logp_w1"] = {s: wasserstein(v, teacher_logp) for s, v in logps.items()} if ok_logp else {}
+    ppl = [(_read_json(Path(results_dir) / "ppl" / f"{m}.json") or {}).get("ppl") for m in models.values()]
+    ppl = [v for v in ppl if v is not None]
+    row["ppl"] = summarize(ppl) if ppl else None
+    return row, internal
+
+
+def compare(ia: dict, ib: dict, splits=SPLITS, n_boot: int = 10000) -> dict:
+    """Tests of method a minus method b: primary metric per split, and per-seed W1 distances."""
+    out = {}
+    for sp in splits:
+        a, b = ia["by_seed"].get(sp, {}), ib["by_seed"].get(sp, {})
+        if not a or not b:
+            continue
+        common = sorted(set(a) & set(b), key=lambda s: int(s[4:]))
+        aligned = set(a) == set(b) and len(common) > 1
+        out[sp] = {"metric": PRIMARY, "mean_a": float(np.mean(list(a.values()))), "mean_b": float(np.mean(list(b.values()))),
+                   "n_a": len(a), "n_b": len(b), "welch": welch_test(list(a.values()), list(b.values())),
+                   "bootstrap": bootstrap_diff(list(a.values()), list(b.values()), n_boot),
+                   "paired": paired_test([a[s] for s in common], [b[s] for s in common]) if aligned else None}
+    for key in ("length_w1", "logp_w1"):
+        a, b = list(ia[key].values()), list(ib[key].values())
+        if a and b:
+            out[key] = {"a": a, "b": b, "welch": welch_test(a, b)}
+    return out
+
+
+def build_summary(results_dir, students=STUDENTS, methods=None, splits=SPLITS, metrics=METRICS, n_boot: int = 10000) -> dict:
+    """The summary tree (see the module docstring of ``experiments/aggregate.py`` for the layout).
+
+    ``rows[student][method]`` holds ``{split: {metric: summarize(...)}}`` plus ``length_w1_to_teacher``,
+    ``logp_w1_to_teacher`` and ``ppl``; ``teacher`` and ``base`` rows (n=1) come first. Methods never
+    run are absent (logged). ``tests[student]`` holds ``uniapl_vs_grpo``, ``uniapl_vs_sft->grpo``,
+    ``uniapl_vs_uniapl_shaped``, ``uniapl_vs_uniapl_cotrained`` (see :func:`compare`),
+    ``uniapl_vs_teacher`` (one-sample t-test per split) and ``lambda_adv_sweep``, each only when
+    both sides exist.
+    """
+    if methods is None:
+        methods = list(dict.fromkeys(MAIN_METHODS + ABLATIONS + discover_methods(results_dir, students)))
+    teacher_len, teacher_logp = read_lengths(results_dir, "teacher"), read_logp(results_dir, "teacher")
+    rows, tests = {}, {}
+    for st in students:
+        rows[st], internals, missing = {}, {}, []
+        for m in ["teacher", "base"] + [m for m in methods if m not in ("teacher", "base")]:
+            row, internal = _method_row(results_dir, st, m, splits, metrics, teacher_len, teacher_logp)
+            if row is None:
+                missing.append(m)
+            else:
+                rows[st][m], internals[m] = row, internal
+        if missing:
+            log.warning("%s: not run (absent from the summary): %s", st, ", ".join(missing))
+        t = {}
+        for other in ("grpo", "sft->grpo", "uniapl_shaped", "uniapl_cotrained"):
+            if "uniapl" in internals and other in internals:
+                t[f"uniapl_vs_{other}"] = compare(internals["uniapl"], internals[other], splits, n_boot)
+        if "uniapl" in rows[st] and "teacher" in rows[st]:
+            t["uniapl_vs_teacher"] = {sp: {"metric": PRIMARY, **one_sample_test(
+                rows[st]["uniapl"][sp][PRIMARY]["values"], rows[st]["teacher"][sp][PRIMARY]["mean"])}
+                for sp in splits if sp in rows[st]["uniapl"] and sp in rows[st]["teacher"]}
+        sweep = sorted((lambda_of(m), m) for m in rows[st] if lambda_of(m) is not None and "in_domain" in rows[st][m])
+        if len(sweep) >= 2:
+            means = [rows[st][m]["in_domain"][PRIMARY]["mean"] for _, m in sweep]
+            best, largest = sweep[int(np.argmax(means))], sweep[-1]
+            t["lambda_adv_sweep"] = {"metric": PRIMARY, "split": "in_domain", "lambdas": [l for l, _ in sweep],
+                                     "means": means, "best": best[0], "largest": largest[0],
+                                     "best_vs_largest": welch_test(rows[st][best[1]]["in_domain"][PRIMARY]["values"],
+                                                                   rows[st][largest[1]]["in_domain"][PRIMARY]["values"])}
+        tests[st] = t
+    return _clean({"rows": rows, "tests": tests})
+
+
+# --------------------------------------------------------------------------------------- claims
+def verdict(diff, p, alpha: float = ALPHA) -> str:
+    """'replicated' (p < alpha, expected sign), 'not replicated' (wrong sign) or 'inconclusive (p=..)'.
+
+    ``diff`` is oriented so that the paper's claim means ``diff > 0``; missing data is 'not run'.
+    """
+    if diff is None or (isinstance(diff, float) and math.isnan(diff)):
+        return "not run"
+    if diff <= 0:
+        return "not replicated"
+    if p is not None and not math.isnan(p) and p < alpha:
+        return "replicated"
+    return f"inconclusive (p={'n/a' if p is None or math.isnan(p) else f'{p:.3g}'})"
+
+
+def combine(verdicts: list[str], mode: str = "all") -> str:
+    """Overall verdict of parts: ``all`` must replicate, or ``any`` one suffices; 'not run' parts ignored."""
+    v = [x for x in verdicts if x != "not run"]
+    if not v:
+        return "not run"
+    if (all if mode == "all" else any)(x == "replicated" for x in v):
+        return "replicated"
+    if (any if mode == "all" else all)(x == "not replicated" for x in v):
+        return "not replicated"
+    return "inconclusive (" + "; ".join(x[len("inconclusive ("):-1] for x in v if x.startswith("inconclusive")) + ")"
+
+
+def _fmt(x, scale=100.0, d=1):
+    return "n/a" if x is None else f"{x * scale:.{d}f}"
+
+
+def _p(w):
+    return "n/a" if w.get("p") is None else f"{w['p']:.3g}"
+
+
+def claims(summary: dict) -> list[dict]:
+    """The paper's claims, each ``{claim, verdict, parts: [{student, verdict, evidence}]}``."""
+    tests, out = summary["tests"], []
+
+    def pair(student, key, label):
+        c = tests.get(student, {}).get(key, {}).get("in_domain")
+        if not c:
+            return {"student": student, "verdict": "not run", "evidence": f"{label}: not run"}
+        w = c["welch"]
+        return {"student": student, "verdict": verdict(w["diff"], w["p"]),
+                "evidence": f"in-domain prompt_strict {_fmt(c['mean_a'])} vs {_fmt(c['mean_b'])} "
+                            f"(diff {_fmt(w['diff'])} pts, Welch p={_p(w)}, n={c['n_a']}/{c['n_b']})"}
+
+    def dist(student, key, label):
+        c = tests.get(student, {}).get("uniapl_vs_grpo", {}).get(key)
+        if not c:
+            return {"student": student, "verdict": "not run", "evidence": f"{label}: not run"}
+        w = c["welch"]  # a = UniAPL distances, b = GRPO distances: closer means b - a > 0
+        diff = None if w["diff"] is None else -w["diff"]
+        return {"student": student, "verdict": verdict(diff, w["p"]),
+                "evidence": f"{label} W1 to teacher: UniAPL {np.mean(c['a']):.3g} vs GRPO {np.mean(c['b']):.3g} "
+                            f"(per-seed Welch p={_p(w)})"}
+
+    students = list(summary["rows"])
+    for claim, key, label, mode in [("UniAPL beats GRPO", "uniapl_vs_grpo", "GRPO", "all"),
+                                    ("UniAPL beats SFT->GRPO", "uniapl_vs_sft->grpo", "SFT->GRPO", "all"),
+                                    ("Separate adversarial loss beats reward shaping", "uniapl_vs_uniapl_shaped",
+                                     "shaped", "all")]:
+        parts = [pair(s, key, label) for s in students]
+        out.append({"claim": claim, "verdict": combine([p["verdict"] for p in parts], mode), "parts": parts})
+    parts = []
+    for s in students:
+        c = tests.get(s, {}).get("uniapl_vs_teacher", {}).get("in_domain")
+        if not c:
+            parts.append({"student": s, "verdict": "not run", "evidence": "UniAPL or teacher: not run"})
+            continue
+        r = summary["rows"][s]
+        parts.append({"student": s, "verdict": verdict(c["diff"], c["p"]),
+                      "evidence": f"UniAPL {_fmt(r['uniapl']['in_domain'][PRIMARY]['mean'])} vs teacher "
+                                  f"{_fmt(r['teacher']['in_domain'][PRIMARY]['mean'])} (one-sample t p={_p(c)})"})
+    out.append({"claim": "A UniAPL student beats the teacher", "verdict": combine([p["verdict"] for p in parts], "any"),
+                "parts": parts})
+    parts = [f(s, k, lab) for s in students for f, k, lab in [(dist, "length_w1", "length"), (dist, "logp_w1", "log-prob")]]
+    out.append({"claim": "UniAPL's lengths and log-probs are closer to the teacher's than GRPO's",
+                "verdict": combine([p["verdict"] for p in parts], "all"), "parts": parts})
+    parts = []
+    for s in students:
+        c = tests.get(s, {}).get("lambda_adv_sweep")
+        if not c:
+            parts.append({"student": s, "verdict": "not run", "evidence": "lambda_adv sweep: not run"})
+            continue
+        w = c["best_vs_largest"]
+        v = "not replicated" if c["best"] == c["largest"] else verdict(w["diff"], w["p"])
+        parts.append({"student": s, "verdict": v,
+                      "evidence": f"best lambda_adv={c['best']:g} ({_fmt(max(c['means']))}) vs largest "
+                                  f"{c['largest']:g} ({_fmt(c['means'][-1])}), Welch p={_p(w)}"})
+    out.append({"claim": "Too large lambda_adv hurts", "verdict": combine([p["verdict"] for p in parts], "all"),
+                "parts": parts})
+    return out
+
+
+# -------------------------------------------------------------------------------------- scoring
+def _response_logprob_sums(model, tokenizer, prompts, responses, batch_size: int = 64):
+    """(sum of response-token log-probs, number of response tokens) per example, in input order.
+
+    Rows are batched by length (less padding); the log-softmax is taken one row at a time so a
+    151k-token vocabulary never needs a float copy of the whole batch's logits.
+    """
+    import torch
+
+    from uniapl import models as M
+    p_ids = [M.encode_prompt(tokenizer, p) for p in prompts]
+    r_ids = [M.encode_response(tokenizer, r) for r in responses]
+    order = sorted(range(len(p_ids)), key=lambda i: len(p_ids[i]) + len(r_ids[i]))
+    device = next(model.parameters()).device
+    sums, counts = [0.0] * len(order), [0] * len(order)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for k in range(0, len(order), batch_size):
+            idx = order[k: k + batch_size]
+            ids, attn, lmask = M.pack([p_ids[i] for i in idx], [r_ids[i] for i in idx], tokenizer.pad_token_id)
+            ids, attn, lmask = ids.to(device), attn.to(device), lmask.to(device)
+            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+            tgt, mask = ids[:, 1:], lmask[:, 1:]
+            for b, i in enumerate(idx):
+                lp = torch.log_softmax(logits[b].float(), -1).gather(-1, tgt[b, :, None])[:, 0]
+                sums[i], counts[i] = float((lp * mask[b]).sum()), int(mask[b].sum())
+    model.train(was_training)
+    return sums, counts
+
+
+def score_mean_logprobs(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 64) -> list[float]:
+    """Mean token log-prob of each response (end-of-turn token included) given its prompt, under ``model``."""
+    sums, counts = _response_logprob_sums(model, tokenizer, prompts, responses, batch_size)
+    return [s / c if c else float("nan") for s, c in zip(sums, counts)]
+
+
+def perplexity(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 64) -> float:
+    """Token-weighted perplexity of the responses of ``(prompt, response)`` pairs."""
+    sums, counts = _response_logprob_sums(model, tokenizer, [p for p, _ in pairs], [r for _, r in pairs], batch_size)
+    return float(math.exp(-sum(sums) / max(1, sum(counts))))

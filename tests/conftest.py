@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny embedded world built by the real stage scripts, once per test session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TINY_MODEL = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "head_dim": 16,
+              "intermediate_size": 64, "steps": 20, "lr": 0.003, "batch_size": 16, "warmup": 2}
+
+
+def tiny_params() -> dict:
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["world"].update(n_train=96, n_in_domain=12, n_ood=8, n_heldout_base=8)
+    p["tokenizer"]["vocab_size"] = 400
+    p["pretrain"]["threads"] = 1
+    for name, spec in p["pretrain"]["models"].items():
+        p["pretrain"]["models"][name] = {**TINY_MODEL, "corpus": spec["corpus"]}
+    p["teacher_demos"]["max_new_tokens"] = 24
+    p["evaluate"].update(max_new_tokens=24, n_sampled=1)
+    p["discriminator"].update(n_prompts=60, steps=5, batch_size=8, hidden_size=32, num_layers=1, num_heads=2,
+                              num_kv_heads=1, head_dim=16, intermediate_size=64)
+    p["train"].update(steps=3, batch_rl=2, group_size=2, batch_sft=4, max_new_tokens=16, threads=1,
+                      checkpoint_every=2, micro_batch=4)
+    return p
+
+
+def run(args: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    e = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src"), **(env or {})}
+    r = subprocess.run([sys.executable, *args], cwd=cwd, env=e, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+    return r
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """A working directory holding params.yaml, data/world, models/*, teacher demos and a discriminator."""
+    d = tmp_path_factory.mktemp("world")
+    (d / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    shutil.copytree(ROOT / "experiments", d / "experiments")
+    run(["experiments/world.py"], d)
+    for m in ("teacher", "student-s", "student-m"):
+        run(["experiments/pretrain.py", "--model", m], d)
+    run(["experiments/teacher_demos.py"], d)
+    run(["experiments/discriminator.py"], d)
+    return d

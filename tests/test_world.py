@@ -1,0 +1,62 @@
+import random
+
+from uniapl import ifeval, world
+
+from conftest import ROOT
+
+
+def view(seed=0, n_train=150, **kw):
+    from uniapl.config import load_params
+    c = load_params(ROOT / "params.yaml").world
+    return world.WorldConfigView(seed=seed, n_train=n_train, n_in_domain=kw.get("n_in_domain", 60),
+                                 n_ood=kw.get("n_ood", 40), n_heldout_base=10,
+                                 n_instructions_probs=tuple(c.n_instructions_probs),
+                                 ood_n_instructions=c.ood_n_instructions, type_weights=c.type_weights)
+
+
+def passes(row, text):
+    return all(ifeval.check_response(row["prompt"], row["instruction_id_list"], row["kwargs"], text)[0])
+
+
+def test_deterministic_by_seed():
+    a, b, c = world.build_splits(view(0)), world.build_splits(view(0)), world.build_splits(view(1))
+    assert a == b
+    assert a["train"] != c["train"]
+    r1, r2 = random.Random(5), random.Random(5)
+    assert [world.expert_response(r, r1) for r in a["train"][:20]] == [world.expert_response(r, r2) for r in a["train"][:20]]
+
+
+def test_splits_disjoint_and_shaped():
+    s = world.build_splits(view(0))
+    prompts = [set(r["prompt"] for r in s[k]) for k in ("train", "in_domain", "ood")]
+    assert not (prompts[0] & prompts[1]) and not (prompts[0] & prompts[2])
+    assert {r["ood_axis"] for r in s["ood"]} == {"more_instructions", "unseen_combination", "unseen_kwargs", "unseen_topic"}
+    assert max(len(r["instruction_id_list"]) for r in s["train"]) == 3
+    assert all(len(r["instruction_id_list"]) == 4 for r in s["ood"] if r["ood_axis"] == "more_instructions")
+    assert all(r["topic"] in world.OOD_TOPICS for r in s["ood"] if r["ood_axis"] == "unseen_topic")
+    held = [frozenset(p) for p in world.HELDOUT_PAIRS]
+    for r in s["train"] + s["in_domain"]:
+        ids = set(r["instruction_id_list"])
+        assert not any(p <= ids for p in held)
+        # the instruction text is the checker's own build_description
+        assert r["prompt"].endswith(ifeval.build_instruction(r["instruction_id_list"][-1], r["kwargs"][-1])[1])
+    assert len(set(t for r in s["train"] for t in r["instruction_id_list"])) >= 10
+
+
+def test_writers_follow_instructions_as_designed():
+    s = world.build_splits(view(0))["in_domain"]
+    rng = random.Random(0)
+    expert = sum(passes(r, world.expert_response(r, rng)) for r in s) / len(s)
+    never = sum(passes(r, world.student_response(r, rng, 0.0)) for r in s) / len(s)
+    always = sum(passes(r, world.student_response(r, rng, 1.0)) for r in s) / len(s)
+    assert expert >= 0.95
+    assert never < 0.2 < always
+    e_len = sum(len(world.expert_response(r, rng).split()) for r in s)
+    s_len = sum(len(world.student_response(r, rng, 0.5).split()) for r in s)
+    assert s_len > 1.3 * e_len
+
+
+def test_fixed_answer_scores_low():
+    s = world.build_splits(view(0, n_in_domain=200))["in_domain"]
+    for fixed in ('"<<notes>> i like this a lot. p.s. thanks"', "i like it"):
+        assert sum(passes(r, fixed) for r in s) / len(s) < 0.25
