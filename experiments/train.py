@@ -9,6 +9,8 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from uniapl.config import load_params, run_config
+from uniapl.config import deep_merge, load_params, run_config
 from uniapl.discriminator import Discriminator
 from uniapl.io import atomic_path, read_jsonl, run_metadata, write_json
 from uniapl.methods import METHODS
@@ -34,6 +36,17 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
+def param_digest(model: torch.nn.Module) -> dict:
+    """sha256 of every parameter's bytes (by name; tied weights once) and their float64 sum."""
+    h, total = hashlib.sha256(), 0.0
+    for name, p in sorted(model.named_parameters()):
+        t = p.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(t.numpy().tobytes())
+        total += float(t.double().sum())
+    return {"sha256": h.hexdigest(), "sum": total}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
@@ -48,6 +61,8 @@ def main() -> None:
     ap.add_argument("--discriminator", default="models/discriminator")
     ap.add_argument("--out", default=None)
     ap.add_argument("--deepspeed", action="store_true", help="run under DeepSpeed (launch with torchrun/deepspeed)")
+    ap.add_argument("--ds-config", default=None,
+                    help="with --deepspeed: a DeepSpeed JSON merged over the built-in config (e.g. ZeRO-3 settings)")
     a = ap.parse_args()
 
     params = load_params(a.params)
@@ -80,12 +95,23 @@ def main() -> None:
             disc.unfreeze()
     ref = load_policy(src).to(device).eval() if cfg.beta > 0 else None
     trainer = Trainer(cfg, policy, tok, demos, out, discriminator=disc, ref_policy=ref)
+    init_digest = None
     if cfg.distributed == "deepspeed":
+        # Launch: torchrun --nproc_per_node N experiments/train.py --deepspeed ... (or the deepspeed launcher).
+        # CPU: DeepSpeed's CPU accelerator defaults to oneCCL; gloo is forced here.
+        if not torch.cuda.is_available():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         import deepspeed
         deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
-        trainer.use_deepspeed({"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-                               "gradient_clipping": cfg.grad_clip, "zero_optimization": {"stage": cfg.zero_stage},
-                               "bf16": {"enabled": cfg.dtype == "bf16"}, "steps_per_print": 10 ** 9})
+        init_digest = param_digest(policy)  # before ZeRO-3 partitions the weights
+        # Our torch AdamW is the ZeRO client optimizer (works on CPU without compiled ops); weights and
+        # optimizer states stay fp32 (bf16 only as autocast, as in the single-process path).
+        ds_config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+                     "gradient_clipping": cfg.grad_clip, "zero_optimization": {"stage": cfg.zero_stage},
+                     "steps_per_print": 10 ** 9, "wall_clock_breakdown": False}
+        if a.ds_config:
+            ds_config = deep_merge(ds_config, json.loads(Path(a.ds_config).read_text()))
+        trainer.use_deepspeed(ds_config)
     live = None
     if trainer.rank == 0:
         from dvclive import Live
@@ -93,10 +119,16 @@ def main() -> None:
                     dvcyaml=None, report=None)
     t0 = time.time()
     last = trainer.fit(live)
+    with trainer.gathered_policy() as full:  # ZeRO-3: gathers the partitioned weights (every rank takes part)
+        if cfg.distributed == "deepspeed":  # every rank: a digest of its full weights (ranks must agree)
+            write_json(out / f"rank{trainer.rank}.json", {"rank": trainer.rank, "world": trainer.world,
+                                                        "zero_stage": cfg.zero_stage, "init": init_digest,
+                                                        "final": param_digest(full)})
+        if trainer.rank == 0:
+            with atomic_path(out / "model") as tmp:
+                full.save_pretrained(str(tmp), safe_serialization=True)  # DeepSpeed wraps, not replaces
+                tok.save_pretrained(str(tmp))
     if trainer.rank == 0:
-        with atomic_path(out / "model") as tmp:
-            trainer.policy.save_pretrained(str(tmp), safe_serialization=True)  # DeepSpeed wraps, not replaces
-            tok.save_pretrained(str(tmp))
         meta = run_metadata(cfg.seed, cfg.model_dump())
         write_json(out / "metrics.json", {"method": cfg.method, "student": cfg.student, "seed": cfg.seed,
                                           "steps": cfg.steps, "seconds": round(time.time() - t0, 1),

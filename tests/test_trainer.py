@@ -32,9 +32,12 @@ def test_every_method_takes_a_step_and_moves_weights(tiny_world, tmp_path, metho
     before = {k: v.clone() for k, v in tr.policy.state_dict().items()}
     m = tr.train_step()
     moved = any(not torch.equal(before[k], v) for k, v in tr.policy.state_dict().items())
-    assert moved
     meth = METHODS[method]
-    assert ("loss/sft" in m) == meth.uses_sft
+    # A weight moves unless every active term has zero signal (e.g. GRPO when all rewards in a group tie).
+    has_signal = m["weights/sft"] > 0 or meth.adv == "loss" or m.get("train/reward_std_in_group", 0) > 0
+    if has_signal:
+        assert moved
+    assert ("loss/sft" in m) == (meth.uses_sft and m["weights/sft"] > 0)
     assert ("train/reward_mean" in m) == meth.uses_rollouts
     assert ("train/adv_score_mean" in m) == (meth.adv != "none")
     assert all(math.isfinite(v) for v in m.values())

@@ -13,9 +13,11 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 _MASK62 = (1 << 62) - 1
+_U_MASK62 = np.uint64(_MASK62)
 
 
 def row_seed(seed: int, step: int, prompt_index: int, sample_index: int = 0) -> int:
@@ -27,13 +29,30 @@ def row_seed(seed: int, step: int, prompt_index: int, sample_index: int = 0) -> 
 
 
 def _hash_uniform(seeds: torch.Tensor, pos: int, vocab: int) -> torch.Tensor:
-    """U(0,1) noise of shape (B, V) from (seed_b, pos, v) with int64 mixing (no shared RNG state)."""
-    v = torch.arange(vocab, dtype=torch.int64)
-    x = (seeds[:, None] + (pos + 1) * 0x632BE59BD9B4E019 + v[None, :] * 0x9E3779B97F4A7C15) & _MASK62
+    """U(0,1) noise of shape (B, V) from (seed_b, pos, v) with 64-bit mixing (no shared RNG state).
+
+    x = (seed_b + (pos+1)*C1 + v*C2) mod 2**62, two xorshift-multiply rounds mod 2**62, then the top 53 of
+    the 62 bits as a float64 in (0, 1), clamped to [1e-12, 1 - 1e-12] and rounded to float32. Computed in
+    place with numpy uint64 (wrapping mod 2**64 keeps the low 62 bits exact; logical shifts equal the
+    arithmetic shifts of the non-negative values): ~10x faster than the equivalent int64 torch ops on CPU,
+    whose 64-bit shifts are not vectorised, and bit-identical to them.
+    """
+    s = seeds.detach().cpu().numpy().astype(np.uint64, copy=False)
+    x = np.arange(vocab, dtype=np.uint64)
+    x *= np.uint64(0x9E3779B97F4A7C15 & _MASK62)
+    x = x[None, :] + (s[:, None] + np.uint64(((pos + 1) * 0x632BE59BD9B4E019) & _MASK62))
+    x &= _U_MASK62
     for mul in (0x2545F4914F6CDD1D, 0x1B873593):
-        x = ((x ^ (x >> 31)) * mul) & _MASK62
-        x = x ^ (x >> 27)
-    return ((x >> 8) & ((1 << 53) - 1)).to(torch.float64).div_(float(1 << 53)).clamp_(1e-12, 1 - 1e-12).float()
+        x ^= x >> np.uint64(31)
+        x *= np.uint64(mul)
+        x &= _U_MASK62
+        x ^= x >> np.uint64(27)
+    x >>= np.uint64(8)
+    x &= np.uint64((1 << 53) - 1)
+    u = x.astype(np.float64)
+    u /= float(1 << 53)
+    np.clip(u, 1e-12, 1 - 1e-12, out=u)
+    return torch.from_numpy(u.astype(np.float32))
 
 
 @dataclass
@@ -65,21 +84,24 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], seeds: list[int] | None, temperature: float,
-                 max_new_tokens: int, batch_size: int = 256) -> Rollouts:
-        """Greedy when ``seeds is None`` or ``temperature == 0``; else sampled at ``temperature``."""
+                 max_new_tokens: int, batch_size: int = 256, min_new_tokens: int = 0) -> Rollouts:
+        """Greedy when ``seeds is None`` or ``temperature == 0``; else sampled at ``temperature``.
+
+        ``min_new_tokens``: the end-of-turn token is forbidden (logit -inf) before that many new tokens
+        (as transformers' ``min_new_tokens``; the returned logprobs are those of the constrained policy)."""
         out = Rollouts([], [], torch.zeros(0, dtype=torch.bool))
         truncs = []
         for i in range(0, len(prompt_ids), batch_size):
             chunk = prompt_ids[i: i + batch_size]
             s = None if seeds is None else seeds[i: i + batch_size]
-            r = self._generate_batch(chunk, s, temperature, max_new_tokens)
+            r = self._generate_batch(chunk, s, temperature, max_new_tokens, min_new_tokens)
             out.response_ids += r.response_ids
             out.logprobs += r.logprobs
             truncs.append(r.truncated)
         out.truncated = torch.cat(truncs) if truncs else out.truncated
         return out
 
-    def _generate_batch(self, prompt_ids, seeds, temperature, max_new_tokens) -> Rollouts:
+    def _generate_batch(self, prompt_ids, seeds, temperature, max_new_tokens, min_new_tokens: int = 0) -> Rollouts:
         model, eos, pad = self.model, self.tok.eos_token_id, self.tok.pad_token_id
         device = next(model.parameters()).device
         was_training = model.training
@@ -96,16 +118,21 @@ class HFEngine:
         seed_t = None if greedy else torch.tensor(seeds, dtype=torch.int64)
         tokens, logps = [], []
         done = torch.zeros(B, dtype=torch.bool, device=device)
+        eos_t = torch.tensor([eos], dtype=torch.long, device=device)
+        temp = 1.0 if greedy else temperature
         with self._autocast():
-            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+            # logits_to_keep=1: the prefill needs the last position's logits only (as transformers' generate).
+            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
             cache, logits = out.past_key_values, out.logits[:, -1].float()
             for t in range(max_new_tokens):
-                logp_all = torch.log_softmax(logits / (1.0 if greedy else temperature), dim=-1)
+                if t < min_new_tokens:  # end-of-turn forbidden before min_new_tokens new tokens
+                    logits = logits.index_fill(-1, eos_t, float("-inf"))
+                logp_all = torch.log_softmax(logits if temp == 1.0 else logits / temp, dim=-1)
                 if greedy:
                     nxt = logp_all.argmax(-1)
-                else:  # Gumbel-max: argmax(log p + G) samples from p
-                    u = _hash_uniform(seed_t, t, logits.shape[-1]).to(device)
-                    nxt = (logp_all - torch.log(-torch.log(u))).argmax(-1)
+                else:  # Gumbel-max: argmax(log p + G) samples from p; G = -log(-log u) = -g, g in place
+                    g = _hash_uniform(seed_t, t, logits.shape[-1]).to(device).log_().neg_().log_()
+                    nxt = (logp_all - g).argmax(-1)
                 lp = logp_all.gather(-1, nxt[:, None]).squeeze(-1)
                 nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
                 tokens.append(nxt)

@@ -43,6 +43,7 @@ def train_lm(model, tokenizer, pairs: list[tuple[str, str]], steps: int, lr: flo
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, steps))
     order: list[int] = []
     losses = []
+    device = next(model.parameters()).device
     model.train()
     for step in range(steps):
         if len(order) < batch_size:
@@ -51,7 +52,8 @@ def train_lm(model, tokenizer, pairs: list[tuple[str, str]], steps: int, lr: flo
             order += perm
         idx, order = order[:batch_size], order[batch_size:]
         ids, attn, lmask = pack([enc[i][0] for i in idx], [enc[i][1] for i in idx], tokenizer.pad_token_id, max_len)
-        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        ids, attn, lmask = ids.to(device), attn.to(device), lmask.to(device)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             loss = response_nll(model, ids, attn, lmask)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -25,6 +25,7 @@ import os
 import random
 import signal
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,11 +107,61 @@ class Trainer:
 
     # ------------------------------------------------------------------ distribution
     def use_deepspeed(self, ds_config: dict) -> None:
-        """Wrap the policy and optimizer in a DeepSpeed engine (ZeRO stage from ``ds_config``)."""
+        """Wrap the policy and our torch AdamW (a ZeRO "client optimizer") in a DeepSpeed engine.
+
+        Call on every rank after ``deepspeed.init_distributed``. Settings forced here:
+        ``managed_gradient_accumulation: false`` (a step makes a variable number of ``backward`` calls:
+        rollout micro-batches, then SFT micro-batches; ``engine.step()`` is the boundary) and
+        ``zero_allow_untested_optimizer``. Each rank must run the same number of forward/backward
+        passes (ZeRO collectives), so ``batch_rl`` and ``batch_sft`` must divide by the world size.
+        The LR scheduler stays ours: it acts on the param groups that ZeRO's wrapper shares with AdamW.
+        """
         import deepspeed
+        world = torch.distributed.get_world_size()
+        for k in ("batch_rl", "batch_sft"):
+            if getattr(self.cfg, k) % world:
+                raise ValueError(f"{k}={getattr(self.cfg, k)} must be a multiple of the world size {world} "
+                                 "(every rank must run the same micro-batches)")
+        ds_config = {"managed_gradient_accumulation": False, "zero_allow_untested_optimizer": True, **ds_config}
         self.ds_engine, self.opt, _, _ = deepspeed.initialize(model=self.policy, optimizer=self.opt,
                                                               config=ds_config)
-        self.rank, self.world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        self.rank, self.world = torch.distributed.get_rank(), world
+        self.zero3 = self.ds_engine.zero_optimization_stage() == 3
+        if self.disc_opt is not None and world > 1:  # GAIL ablation: average the discriminator's gradients
+            for p in self.disc.parameters():
+                if p.requires_grad:
+                    p.register_post_accumulate_grad_hook(self._all_mean_grad)
+
+    def _all_mean_grad(self, p: torch.Tensor) -> None:
+        torch.distributed.all_reduce(p.grad)
+        p.grad.div_(self.world)
+
+    @contextmanager
+    def gathered_policy(self):
+        """The policy with full parameters on every rank (ZeRO-3: gathered; collective, read-only)."""
+        if self.ds_engine is None or not self.zero3:
+            yield self.policy
+            return
+        import deepspeed
+        with deepspeed.zero.GatheredParameters(list(self.policy.parameters())):
+            yield self.policy
+
+    def _generation_context(self):
+        """ZeRO-3: gather the weights once and lift DeepSpeed's fetch hooks for the decoding loop, so
+        each rank decodes on its own (its own number of steps, no collective per token)."""
+        if self.ds_engine is None or not self.zero3:
+            return nullcontext()
+        from deepspeed.runtime.zero import unwrap_model_for_generation
+        return unwrap_model_for_generation(self.ds_engine)
+
+    def _all_mean_metrics(self, metrics: dict) -> dict:
+        """Metrics averaged over ranks (each rank holds an equal share of the batch)."""
+        if self.world == 1:
+            return metrics
+        keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
+        t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return {**metrics, **{k: float(v) / self.world for k, v in zip(keys, t.tolist())}}
 
     def _all_sum(self, x: float) -> float:
         if self.world == 1:
@@ -149,6 +200,9 @@ class Trainer:
             metrics.update(terms)
             if self.ds_engine is not None:
                 self.ds_engine.step()
+                gn = self.ds_engine.get_global_grad_norm()
+                if gn is not None:
+                    metrics["train/grad_norm"] = float(gn)
             else:
                 gn = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
                 metrics["train/grad_norm"] = float(gn)
@@ -160,20 +214,22 @@ class Trainer:
         metrics["perf/step_seconds"] = time.time() - t0
         metrics["perf/gen_seconds"] = t_gen
         self.step += 1
-        return metrics
+        return self._all_mean_metrics(metrics)
 
     def _rollouts(self, step: int):
         cfg, G = self.cfg, self.cfg.group_size
         idx = self._indices(step, cfg.batch_rl, stream=0)
         prompts = [self.prompt_ids[i] for i in idx for _ in range(G)]
         seeds = [row_seed(cfg.seed, step, i, g) for i in idx for g in range(G)]
-        out = self.engine.generate(prompts, seeds, cfg.temperature, cfg.max_new_tokens)
+        with self._generation_context():
+            out = self.engine.generate(prompts, seeds, cfg.temperature, cfg.max_new_tokens)
         texts = [self.tok.decode(r, skip_special_tokens=True) for r in out.response_ids]
         rows = [self.demos[i] for i in idx for _ in range(G)]
         trunc = out.truncated.tolist()
         rewards = torch.tensor([verifier_reward(r, t, tr, cfg.reward, cfg.truncated_zero_reward)
                                 for r, t, tr in zip(rows, texts, trunc)])
         metrics = {"train/reward_mean": rewards.mean().item(), "train/truncated": float(np.mean(trunc)),
+                   "train/reward_std_in_group": rewards.view(-1, G).std(-1).mean().item(),
                    "train/response_len": float(np.mean([len(r) for r in out.response_ids]))}
         scores = torch.zeros(len(texts))
         if self.method.adv != "none":
@@ -282,19 +338,71 @@ class Trainer:
     def save_checkpoint(self, path: Path) -> None:
         """Model (safetensors), optimizer, scheduler, RNG states and step; written atomically."""
         from safetensors.torch import save_file
+        if self.ds_engine is not None:
+            return self._save_ds_checkpoint(path)
         with atomic_path(path) as tmp:
             tmp.mkdir()
-            save_file({k: v.contiguous() for k, v in self.policy.state_dict().items()}, str(tmp / "model.safetensors"))
+            # clone: tied embeddings share memory, which safetensors refuses
+            save_file({k: v.detach().clone().contiguous() for k, v in self.policy.state_dict().items()},
+                      str(tmp / "model.safetensors"))
             torch.save(self.state(), tmp / "trainer_state.pt")
             if self.disc_opt is not None:
-                save_file({k: v.contiguous() for k, v in self.disc.state_dict().items()}, str(tmp / "disc.safetensors"))
+                save_file({k: v.detach().clone().contiguous() for k, v in self.disc.state_dict().items()},
+                          str(tmp / "disc.safetensors"))
                 torch.save(self.disc_opt.state_dict(), tmp / "disc_opt.pt")
 
     def load_checkpoint(self, path: Path) -> None:
         from safetensors.torch import load_file
+        if self.ds_engine is not None:
+            return self._load_ds_checkpoint(path)
         self.policy.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
         st = torch.load(path / "trainer_state.pt", weights_only=True)
         self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        torch.set_rng_state(st["torch_rng"])
+        random.setstate(st["python_rng"])
+        self.step = st["step"]
+        if self.disc_opt is not None and (path / "disc.safetensors").exists():
+            self.disc.load_state_dict(load_file(str(path / "disc.safetensors")))
+            self.disc_opt.load_state_dict(torch.load(path / "disc_opt.pt", weights_only=True))
+
+    def _save_ds_checkpoint(self, path: Path) -> None:
+        """DeepSpeed: every rank calls this. ``ds/`` holds DeepSpeed's checkpoint (partitioned optimizer
+        states), ``model.safetensors`` the gathered weights (rank 0), ``trainer_state_rank<k>.pt`` each
+        rank's step, scheduler and RNG states. Written to a sibling directory, renamed by rank 0."""
+        from safetensors.torch import save_file
+        tmp = path.parent / f".{path.name}.ds-tmp"
+        if self.rank == 0:
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        torch.distributed.barrier()
+        self.ds_engine.save_checkpoint(str(tmp / "ds"), tag="ckpt")
+        with self.gathered_policy() as pol:
+            if self.rank == 0:  # clone: tied weights must not share memory in safetensors
+                save_file({k: v.detach().clone().contiguous() for k, v in pol.state_dict().items()},
+                          str(tmp / "model.safetensors"))
+        st = {"step": self.step, "scheduler": self.sched.state_dict(), "torch_rng": torch.get_rng_state(),
+              "python_rng": random.getstate()}
+        torch.save(st, tmp / f"trainer_state_rank{self.rank}.pt")
+        if self.disc_opt is not None and self.rank == 0:
+            save_file({k: v.detach().clone().contiguous() for k, v in self.disc.state_dict().items()},
+                      str(tmp / "disc.safetensors"))
+            torch.save(self.disc_opt.state_dict(), tmp / "disc_opt.pt")
+        torch.distributed.barrier()
+        if self.rank == 0:
+            import shutil
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        torch.distributed.barrier()
+
+    def _load_ds_checkpoint(self, path: Path) -> None:
+        from safetensors.torch import load_file
+        self.ds_engine.load_checkpoint(str(path / "ds"), tag="ckpt", load_optimizer_states=True,
+                                       load_lr_scheduler_states=False)
+        f = path / f"trainer_state_rank{self.rank}.pt"
+        st = torch.load(f if f.exists() else path / "trainer_state_rank0.pt", weights_only=True)
         self.sched.load_state_dict(st["scheduler"])
         torch.set_rng_state(st["torch_rng"])
         random.setstate(st["python_rng"])
@@ -334,9 +442,11 @@ class Trainer:
                 os.kill(os.getpid(), signal.SIGKILL)
             bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3f}" for k in ("train/reward_mean", "loss/sft")
                              if k in metrics})
-            if self.rank == 0 and (self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps):
-                with atomic_path(hist_path) as tmp:
-                    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
-                self.save_checkpoint(ckpt)
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                if self.rank == 0:
+                    with atomic_path(hist_path) as tmp:
+                        tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+                if self.rank == 0 or self.ds_engine is not None:  # DeepSpeed: every rank takes part
+                    self.save_checkpoint(ckpt)
         bar.close()
         return history[-1] if history else {}
