@@ -25,11 +25,13 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
+# `dvc repro` of the embedded default, with a per-stage wall-clock table (results/timing/repro.json).
 repro: setup
-	dvc repro
+	$(BIN)/python experiments/timed_repro.py
 
+# Every stage on tiny settings (profiles/quick.yaml) in a temporary copy (.quick/): a smoke run.
 quick: setup
-	UNIAPL_PROFILE=quick $(BIN)/dvc repro
+	$(BIN)/python experiments/quick.py
 
 test: setup
 	$(BIN)/python -m pytest -q tests

@@ -216,11 +216,7 @@ def main() -> int:
         params = load_params(REPO / "params.yaml", overrides={"world": {
             "n_train": S["n_train"], "n_in_domain": S["n_in_domain"], "n_ood": S["n_ood"], "n_heldout_base": 4}})
         cfg = params.world
-        wcfg = world.WorldConfigView(seed=cfg.seed, n_train=cfg.n_train, n_in_domain=cfg.n_in_domain, n_ood=cfg.n_ood,
-                                     n_heldout_base=cfg.n_heldout_base,
-                                     n_instructions_probs=tuple(cfg.n_instructions_probs),
-                                     ood_n_instructions=cfg.ood_n_instructions, type_weights=cfg.type_weights)
-        splits = world.build_splits(wcfg)
+        splits = world.build_splits(cfg)
         rng = random.Random(cfg.seed + 1)
         train = splits["train"]
         expert = [world.expert_response(r, rng) for r in train]

@@ -137,8 +137,13 @@ def write_tables(summary: dict, out_dir: str | Path = "paper/tables") -> list[Pa
     return paths
 
 
-def main(results_dir: str, out: str, tables_dir: str, students: list[str], methods: list[str] | None) -> dict:
-    summary = A.build_summary(results_dir, students, methods)
+def main(results_dir: str, out: str, tables_dir: str, students: list[str], methods: list[str] | None,
+         params_path: str = "params.yaml") -> dict:
+    lam = None
+    if Path(params_path).exists():  # the uniapl row is the sweep's point at uniapl.lambda_adv
+        from uniapl.config import load_params, run_config
+        lam = run_config(load_params(params_path), "uniapl", "student-s", 0).lambda_adv
+    summary = A.build_summary(results_dir, students, methods, uniapl_lambda=lam)
     write_json(out, summary)
     write_tables(summary, tables_dir)
     for s, rows in summary["rows"].items():
@@ -153,6 +158,7 @@ if __name__ == "__main__":
     ap.add_argument("--out", default="results/summary.json")
     ap.add_argument("--tables", default="paper/tables")
     ap.add_argument("--students", nargs="+", default=A.STUDENTS)
+    ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--methods", nargs="+", default=None, help="default: every method found under results/eval/runs")
     a = ap.parse_args()
-    main(a.results, a.out, a.tables, a.students, a.methods)
+    main(a.results, a.out, a.tables, a.students, a.methods, a.params)

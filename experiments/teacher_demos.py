@@ -20,6 +20,8 @@ def main(params_path: str, teacher: str, world_dir: str, out: str) -> None:
     p = load_params(params_path)
     torch.set_num_threads(p.pretrain.threads)
     rows = read_jsonl(f"{world_dir}/train.jsonl")
+    if p.teacher_demos.n_prompts is not None:  # the first n training prompts (the world shuffles them)
+        rows = rows[: p.teacher_demos.n_prompts]
     t0 = time.time()
     demos = generate_demos(p.teacher_demos, teacher, rows)
     pass_rate = sum(d["pass"] for d in demos) / len(demos)

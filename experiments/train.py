@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -47,6 +48,18 @@ def param_digest(model: torch.nn.Module) -> dict:
     return {"sha256": h.hexdigest(), "sum": total}
 
 
+def discard_stale_checkpoint(out: Path, config: dict) -> None:
+    """A checkpoint resumes only the run that wrote it: one left by a different config is removed
+    (``steps`` may differ: extending a run continues it)."""
+    stamp = out / "checkpoint_config.json"
+    text = json.dumps({k: v for k, v in config.items() if k != "steps"}, sort_keys=True, default=str)
+    if (out / "checkpoint").exists() and (not stamp.exists() or stamp.read_text() != text):
+        print(f"{out}: removing a checkpoint written with a different config")
+        shutil.rmtree(out / "checkpoint")
+        (out / "history.jsonl").unlink(missing_ok=True)
+    stamp.write_text(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
@@ -56,6 +69,10 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="run name (default: the method); output runs/<student>/<name>/seed<k>")
     ap.add_argument("--init-from", default=None, help="model directory of an earlier run (staged pipelines)")
     ap.add_argument("--set", nargs="*", default=[], help="train overrides, key=value")
+    ap.add_argument("--evaluate", action="store_true",
+                    help="then evaluate the final model (IFEval, teacher-scored log-probs, held-out ppl) "
+                         "into results/eval|logp|ppl/runs/<student>/<name>/seed<k>")
+    ap.add_argument("--keep-checkpoint", action="store_true", help="keep the last checkpoint after a finished run")
     ap.add_argument("--models", default="models")
     ap.add_argument("--demos", default="data/teacher_demos.jsonl")
     ap.add_argument("--discriminator", default="models/discriminator")
@@ -72,8 +89,10 @@ def main() -> None:
     if a.deepspeed:
         extra["distributed"] = "deepspeed"
     cfg = run_config(params, a.method, a.student, a.seed, extra)
-    out = Path(a.out or f"runs/{a.student}/{a.name or a.method}/seed{a.seed}")
+    name = a.name or a.method
+    out = Path(a.out or f"runs/{a.student}/{name}/seed{a.seed}")
     out.mkdir(parents=True, exist_ok=True)
+    discard_stale_checkpoint(out, cfg.model_dump())
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
 
@@ -136,6 +155,17 @@ def main() -> None:
         write_json(out / "run.json", meta)
         live.end()
     print(f"{out}: {cfg.method} done in {time.time() - t0:.0f}s")
+    if trainer.rank == 0 and not a.keep_checkpoint:  # finished: nothing to resume (saves disk)
+        shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    if a.evaluate and trainer.rank == 0:
+        from uniapl.evaluate import evaluate_and_score
+        t1 = time.time()
+        n_runs = params.evaluate.n_sampled_runs
+        n_runs = params.evaluate.n_sampled if n_runs is None else n_runs
+        final = load_policy(str(out / "model")).to(device)  # the saved model (also right under ZeRO-3)
+        evaluate_and_score(params, final, tok, f"runs/{a.student}/{name}/seed{a.seed}",
+                           teacher_dir=f"{a.models}/teacher", n_sampled=n_runs)
+        print(f"{out}: evaluated in {time.time() - t1:.0f}s")
 
 
 if __name__ == "__main__":

@@ -24,11 +24,7 @@ def pass_rate(rows, responses) -> float:
 def main(params_path: str, out: str) -> None:
     t0 = time.time()
     cfg = load_params(params_path).world
-    wcfg = world.WorldConfigView(seed=cfg.seed, n_train=cfg.n_train, n_in_domain=cfg.n_in_domain, n_ood=cfg.n_ood,
-                                 n_heldout_base=cfg.n_heldout_base,
-                                 n_instructions_probs=tuple(cfg.n_instructions_probs),
-                                 ood_n_instructions=cfg.ood_n_instructions, type_weights=cfg.type_weights)
-    splits = world.build_splits(wcfg)
+    splits = world.build_splits(cfg)
     rng = random.Random(cfg.seed + 1)
     train = splits["train"]
     expert = [world.expert_response(r, rng) for r in train]

@@ -55,3 +55,18 @@ def tiny_world(tmp_path_factory) -> Path:
     run(["experiments/teacher_demos.py"], d)
     run(["experiments/discriminator.py"], d)
     return d
+
+
+@pytest.fixture(scope="session")
+def quick_repo(tmp_path_factory) -> Path:
+    """A temporary copy of the repo after `dvc repro` of the quick profile (experiments/quick.py).
+
+    Opt-in (UNIAPL_PIPELINE_TEST=1): the whole pipeline takes ~8+ min on 2 cores and has not yet been
+    timed inside `make test`'s 15-minute budget."""
+    if os.environ.get("UNIAPL_PIPELINE_TEST") != "1":
+        pytest.skip("set UNIAPL_PIPELINE_TEST=1 to run the whole quick pipeline")
+    d = tmp_path_factory.mktemp("quick") / "repo"
+    r = run(["experiments/quick.py", "--dir", str(d)], ROOT, check=False)
+    if r.returncode != 0:
+        raise AssertionError(f"quick pipeline failed ({r.returncode}):\n{r.stdout[-6000:]}\n{r.stderr[-4000:]}")
+    return d

@@ -19,17 +19,26 @@ def test_default_params_validate():
     ({"pretrain": {"dtype": "fp8"}}, "pretrain.dtype"),
     ({"train": {"lrr": 1e-4}}, "train.lrr: Extra inputs are not permitted"),
     ({"train": {"mu_peak": 0.1, "mu_valley": 0.5}}, "mu_valley (0.5) must not exceed mu_peak (0.1)"),
-    ({"method_overrides": {"ppo": {}}}, "method_overrides.ppo: unknown method"),
-    ({"method_overrides": {"grpo": {"group_size": 1}}}, "method_overrides.grpo.group_size"),
+    ({"ppo": {}}, "ppo: Extra inputs are not permitted"),
+    ({"grpo": {"group_size": 1}}, "grpo.group_size"),
+    ({"uniapl": {"lambda_adv": -1}}, "uniapl.lambda_adv"),
+    ({"pipeline": {"seeds": []}}, "pipeline.seeds"),
     ({"world": {"ood_n_instructions": 2}}, "ood_n_instructions must exceed"),
     ({"world": {"type_weights": {"made:up": 1.0}}}, "unknown instruction types ['made:up']"),
-    ({"method_overrides": {"grpo": {"disc_cotrain": True}}}, "disc_cotrain needs a method with an adversarial term"),
+    ({"grpo": {"disc_cotrain": True}}, "disc_cotrain needs a method with an adversarial term"),
 ])
 def test_bad_params_name_key_and_rule(override, needle):
     with pytest.raises(ConfigError) as e:
         load_params(ROOT / "params.yaml", override)
     assert needle in str(e.value)
     assert "params.yaml" in str(e.value)
+
+
+def test_method_sections_apply_only_to_their_method():
+    p = load_params(ROOT / "params.yaml", {"uniapl": {"lambda_adv": 0.7}})
+    assert run_config(p, "uniapl", "student-s", 0).lambda_adv == 0.7
+    assert run_config(p, "uniapl_shaped", "student-s", 0).lambda_adv == 0.7  # shaped starts from uniapl's section
+    assert run_config(p, "a_grpo", "student-s", 0).lambda_adv != 0.7
 
 
 def test_not_yaml(tmp_path):

@@ -42,7 +42,7 @@ def torchrun(world: Path, out: Path, steps: int, stage: int) -> None:
     cfg.write_text(json.dumps(DS_JSON))
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
             "experiments/train.py", "--method", "uniapl", "--deepspeed", "--ds-config", str(cfg),
-            "--set", f"steps={steps}", f"zero_stage={stage}", "threads=1", "--out", str(out)]
+            "--keep-checkpoint", "--set", f"steps={steps}", f"zero_stage={stage}", "threads=1", "--out", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src"), "DS_ACCELERATOR": "cpu",
            "DS_BUILD_OPS": "0", "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen(args, cwd=world, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

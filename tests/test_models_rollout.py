@@ -77,3 +77,20 @@ def test_sampled_logprobs_match_a_full_forward(tmp_path):
 def test_encode_response_ends_with_eos(tmp_path):
     tok, _ = tiny(tmp_path)
     assert encode_response(tok, "cats")[-1] == tok.eos_token_id
+
+
+def test_sequence_logprobs_keep_only_response_positions_and_match_full_logits(tmp_path):
+    """The LM head runs from the first response token on; the log-probs equal those of full logits there."""
+    from uniapl.trainer import Batch, sequence_logprobs
+    tok, model = tiny(tmp_path)
+    prompts = [encode_prompt(tok, t) for t in TEXTS[:3]]
+    responses = [encode_response(tok, t) for t in TEXTS[1:4]]
+    b = Batch(*pack(prompts, responses, tok.pad_token_id))
+    lp, ent = sequence_logprobs(model, b, with_entropy=True)
+    full = torch.log_softmax(model(input_ids=b.ids, attention_mask=b.attn).logits[:, :-1].float(), -1)
+    ref = torch.nn.functional.pad(full.gather(-1, b.ids[:, 1:, None])[..., 0], (1, 0))
+    m = b.lmask.bool()
+    assert m.any() and lp.shape == b.ids.shape == ent.shape
+    assert torch.allclose(lp[m], ref[m], atol=1e-5)
+    first = int(m.any(0).nonzero()[0])
+    assert first > 1 and torch.all(lp[:, :first] == 0)  # columns before any response token are never computed

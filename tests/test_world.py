@@ -1,5 +1,7 @@
 import random
 
+import pytest
+
 from uniapl import ifeval, world
 
 from conftest import ROOT
@@ -8,10 +10,8 @@ from conftest import ROOT
 def view(seed=0, n_train=150, **kw):
     from uniapl.config import load_params
     c = load_params(ROOT / "params.yaml").world
-    return world.WorldConfigView(seed=seed, n_train=n_train, n_in_domain=kw.get("n_in_domain", 60),
-                                 n_ood=kw.get("n_ood", 40), n_heldout_base=10,
-                                 n_instructions_probs=tuple(c.n_instructions_probs),
-                                 ood_n_instructions=c.ood_n_instructions, type_weights=c.type_weights)
+    return c.model_copy(update={"seed": seed, "n_train": n_train, "n_in_domain": kw.get("n_in_domain", 60),
+                                "n_ood": kw.get("n_ood", 40), "n_heldout_base": 10})
 
 
 def passes(row, text):
@@ -60,3 +60,34 @@ def test_fixed_answer_scores_low():
     s = world.build_splits(view(0, n_in_domain=200))["in_domain"]
     for fixed in ('"<<notes>> i like this a lot. p.s. thanks"', "i like it"):
         assert sum(passes(r, fixed) for r in s) / len(s) < 0.25
+
+
+WORLD_DIGEST = """
+import hashlib, json, random, sys
+sys.path.insert(0, "tests")
+from test_world import view
+from uniapl import ifeval, world
+cfg = view(0, n_train=80)
+s = world.build_splits(cfg)
+rng = random.Random(1)
+rows = s["train"] + s["in_domain"]
+texts = [world.student_response(r, rng, 0.7) for r in rows] + [world.expert_response(r, rng) for r in rows]
+verdicts = [ifeval.check_response(r["prompt"], r["instruction_id_list"], r["kwargs"], t) for r, t in zip(rows * 2, texts)]
+print(hashlib.sha256(json.dumps([s, texts, verdicts], sort_keys=True).encode()).hexdigest())
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="known bug, open: the digest still differs between processes with different "
+                   "PYTHONHASHSEED after seeding langdetect (world stage not byte-reproducible across processes)")
+def test_world_and_verdicts_are_identical_across_processes():
+    """Splits, writer texts and checker verdicts do not depend on the process (hash seed, langdetect's sampler)."""
+    import os
+    import subprocess
+    import sys
+    digests = set()
+    for hashseed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hashseed}
+        r = subprocess.run([sys.executable, "-c", WORLD_DIGEST], cwd=ROOT, env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        digests.add(r.stdout.strip().splitlines()[-1])
+    assert len(digests) == 1

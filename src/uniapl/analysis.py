@@ -261,7 +261,8 @@ def compare(ia: dict, ib: dict, splits=SPLITS, n_boot: int = 10000) -> dict:
     return out
 
 
-def build_summary(results_dir, students=STUDENTS, methods=None, splits=SPLITS, metrics=METRICS, n_boot: int = 10000) -> dict:
+def build_summary(results_dir, students=STUDENTS, methods=None, splits=SPLITS, metrics=METRICS, n_boot: int = 10000,
+                  uniapl_lambda: float | None = None) -> dict:
     """The summary tree (see the module docstring of ``experiments/aggregate.py`` for the layout).
 
     ``rows[student][method]`` holds ``{split: {metric: summarize(...)}}`` plus ``length_w1_to_teacher``,
@@ -269,7 +270,8 @@ def build_summary(results_dir, students=STUDENTS, methods=None, splits=SPLITS, m
     run are absent (logged). ``tests[student]`` holds ``uniapl_vs_grpo``, ``uniapl_vs_sft->grpo``,
     ``uniapl_vs_uniapl_shaped``, ``uniapl_vs_uniapl_cotrained`` (see :func:`compare`),
     ``uniapl_vs_teacher`` (one-sample t-test per split) and ``lambda_adv_sweep``, each only when
-    both sides exist.
+    both sides exist. ``uniapl_lambda``: the lambda_adv of the ``uniapl`` row, which then joins the
+    ``uniapl_lam<value>`` runs as a point of the sweep.
     """
     if methods is None:
         methods = list(dict.fromkeys(MAIN_METHODS + ABLATIONS + discover_methods(results_dir, students)))
@@ -294,11 +296,14 @@ def build_summary(results_dir, students=STUDENTS, methods=None, splits=SPLITS, m
                 rows[st]["uniapl"][sp][PRIMARY]["values"], rows[st]["teacher"][sp][PRIMARY]["mean"])}
                 for sp in splits if sp in rows[st]["uniapl"] and sp in rows[st]["teacher"]}
         sweep = sorted((lambda_of(m), m) for m in rows[st] if lambda_of(m) is not None and "in_domain" in rows[st][m])
+        if uniapl_lambda is not None and "in_domain" in rows[st].get("uniapl", {}) and \
+                all(l != uniapl_lambda for l, _ in sweep):
+            sweep = sorted(sweep + [(float(uniapl_lambda), "uniapl")])
         if len(sweep) >= 2:
             means = [rows[st][m]["in_domain"][PRIMARY]["mean"] for _, m in sweep]
             best, largest = sweep[int(np.argmax(means))], sweep[-1]
             t["lambda_adv_sweep"] = {"metric": PRIMARY, "split": "in_domain", "lambdas": [l for l, _ in sweep],
-                                     "means": means, "best": best[0], "largest": largest[0],
+                                     "methods": [m for _, m in sweep], "means": means, "best": best[0], "largest": largest[0],
                                      "best_vs_largest": welch_test(rows[st][best[1]]["in_domain"][PRIMARY]["values"],
                                                                    rows[st][largest[1]]["in_domain"][PRIMARY]["values"])}
         tests[st] = t

@@ -103,6 +103,9 @@ class TeacherDemosConfig(Strict):
     """hf: the embedded teacher with transformers generate; vllm / openai: paper scale."""
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(160, gt=0)
+    n_prompts: int | None = Field(None, gt=0)
+    """Demonstrate only the first n training prompts (None: all). Every method draws its SFT and RL
+    batches from the demonstrated prompts, so this is also the training prompt pool [ours]."""
     only_passing: bool = False
     """Keep only demonstrations that pass every instruction (off, as the paper keeps all) [ours]."""
     seed: int = 0
@@ -115,7 +118,10 @@ class EvaluateConfig(Strict):
     max_new_tokens: int = Field(160, gt=0)
     """Length cap; responses cut here count in `truncated`."""
     n_sampled: int = Field(4, ge=0)
-    """Samples at temperature `temperature` per prompt for prompt_strict_sampled."""
+    """Samples at temperature `temperature` per prompt for prompt_strict_sampled (base models)."""
+    n_sampled_runs: int | None = Field(None, ge=0)
+    """The same for trained runs (None: `n_sampled`). prompt_strict_sampled estimates the same expectation
+    with any n; fewer samples per run keep the 49-run matrix inside its time budget [ours]."""
     temperature: float = Field(1.0, gt=0)
     batch_size: int = Field(200, gt=0)
     seed: int = 1234
@@ -218,6 +224,24 @@ class TrainConfig(Strict):
         return self
 
 
+METHOD_SECTIONS = ("sft", "a_sft", "grpo", "a_grpo", "chord", "a_chord", "uniapl", "uniapl_shaped")
+"""Top-level params sections, one per method: overrides of `train` that only that method reads (so DVC
+re-runs only the stages that read a changed key, e.g. `uniapl.lambda_adv`)."""
+SECTION_CHAIN = {"uniapl_shaped": ("uniapl", "uniapl_shaped")}
+"""Methods whose settings start from another method's section (the shaped ablation is uniapl's twin)."""
+
+
+class PipelineConfig(Strict):
+    """What `dvc repro` trains: seeds and ablation grid (read by dvc.yaml's matrices)."""
+
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
+    """Seeds of every main-table run."""
+    ablation_seeds: list[int] = Field([0, 1], min_length=1)
+    """Seeds of the ablation runs (lambda_adv sweep, reward shaping, co-trained discriminator)."""
+    lambda_sweep: list[float] = Field([0.0, 0.5, 2.0], min_length=1)
+    """lambda_adv values of the sweep, besides uniapl's own `uniapl.lambda_adv`."""
+
+
 class Params(Strict):
     world: WorldConfig
     tokenizer: TokenizerConfig = TokenizerConfig()
@@ -225,19 +249,21 @@ class Params(Strict):
     teacher_demos: TeacherDemosConfig = TeacherDemosConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
+    pipeline: PipelineConfig = PipelineConfig()
     train: dict = {}
     """Defaults of every training run (fields of TrainConfig)."""
-    method_overrides: dict[str, dict] = {}
-    """Per-method overrides of `train` (e.g. a different lr for sft)."""
+    sft: dict = {}
+    a_sft: dict = {}
+    grpo: dict = {}
+    a_grpo: dict = {}
+    chord: dict = {}
+    a_chord: dict = {}
+    uniapl: dict = {}
+    uniapl_shaped: dict = {}
 
     @model_validator(mode="after")
     def _check_runs(self):
-        from uniapl.methods import METHODS
-        for m in self.method_overrides:
-            if m not in METHODS:
-                raise ValueError(f"method_overrides.{m}: unknown method; known: {sorted(METHODS)}")
-        run_config(self, "uniapl", "student-s", 0)  # the defaults must validate on their own
-        for m in self.method_overrides:
+        for m in METHOD_SECTIONS:  # every method's settings must validate on their own
             run_config(self, m, "student-s", 0)
         return self
 
@@ -282,11 +308,15 @@ def deep_merge(base: dict, extra: dict) -> dict:
 
 
 def run_config(params: "Params", method: str, student: str, seed: int, extra: dict | None = None) -> TrainConfig:
-    """The TrainConfig of one run: train defaults <- method_overrides[method] <- (method, student, seed) <- extra."""
-    raw = deep_merge(dict(params.train), params.method_overrides.get(method, {}))
+    """The TrainConfig of one run: ``train`` <- the method's section(s) <- (method, student, seed) <- extra."""
+    raw = dict(params.train)
+    chain = SECTION_CHAIN.get(method, (method,))
+    for sec in chain:
+        raw = deep_merge(raw, getattr(params, sec, None) or {})
     raw = deep_merge(raw, {"method": method, "student": student, "seed": seed, **(extra or {})})
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
-        prefix = f"method_overrides.{method}" if method in params.method_overrides else "train"
+        bad = {str(err["loc"][0]) for err in e.errors() if err["loc"]}
+        prefix = next((sec for sec in reversed(chain) if bad & set(getattr(params, sec, None) or {})), "train")
         raise ConfigError(_format(e, f"run {method}/{student}/seed{seed}", prefix)) from None

@@ -25,10 +25,11 @@ def evaluate_model(model, tokenizer, rows: list[dict], max_new_tokens: int, n_sa
                          "truncated": trunc, "sampled": []})
     metrics = ifeval.score_rows(out_rows)
     sampled_pass = []
-    for k in range(n_sampled):
-        seeds = [row_seed(seed, 10_000 + k, i) for i in range(len(rows))]
-        s = engine.generate(prompts, seeds, temperature, max_new_tokens, batch_size)
-        for r, ids in zip(out_rows, s.response_ids):
+    if n_sampled:  # all samples in one call: finished rows leave the batch, so one big batch decodes fastest
+        seeds = [row_seed(seed, 10_000 + k, i) for k in range(n_sampled) for i in range(len(rows))]
+        s = engine.generate(prompts * n_sampled, seeds, temperature, max_new_tokens, batch_size * n_sampled)
+        for j, ids in enumerate(s.response_ids):
+            r = out_rows[j % len(rows)]
             text = decode(tokenizer, ids)
             strict, _ = ifeval.check_response(r["prompt"], r["instruction_id_list"], r["kwargs"], text)
             r["sampled"].append({"response": text, "n_tokens": len(ids), "pass": all(strict)})
@@ -55,3 +56,50 @@ def pass_at_k(model, tokenizer, rows: list[dict], k: int, temperature: float, ma
             if not hit[i]:
                 hit[i] = all(ifeval.check_response(r["prompt"], r["instruction_id_list"], r["kwargs"], decode(tokenizer, ids))[0])
     return sum(hit) / len(hit)
+
+
+def evaluate_and_score(params, model, tokenizer, name: str, world_dir: str = "data/world",
+                       results_dir: str = "results", teacher_dir: str | None = "models/teacher",
+                       splits=("in_domain", "ood"), log=print, n_sampled: int | None = None) -> dict:
+    """Everything the analyses read about one model, written under ``results_dir``:
+
+    * ``eval/<name>/<split>.json`` (+ ``.jsonl`` responses): IFEval metrics (``evaluate_model``);
+    * ``logp/<name>/in_domain.json``: mean token log-prob of each greedy in-domain response, scored by
+      the teacher (``teacher_scored``) and by the model itself (``self_scored``);
+    * ``ppl/<name>.json``: perplexity on held-out base-corpus text (general-ability retention).
+
+    ``teacher_dir=None`` scores with ``model`` itself (the teacher's own row). ``n_sampled``: samples per
+    prompt (None: ``params.evaluate.n_sampled``).
+    """
+    import time
+    from pathlib import Path
+
+    from uniapl import analysis as A
+    from uniapl.io import read_jsonl, write_json, write_jsonl
+    from uniapl.models import load_policy, load_tokenizer
+    e, out = params.evaluate, {}
+    res = Path(results_dir)
+    for split in splits:
+        t0 = time.time()
+        rows = read_jsonl(f"{world_dir}/{split}.jsonl")
+        metrics, out_rows = evaluate_model(model, tokenizer, rows, e.max_new_tokens,
+                                           e.n_sampled if n_sampled is None else n_sampled, e.temperature,
+                                           e.seed, e.batch_size)
+        metrics["seconds"] = round(time.time() - t0, 1)
+        write_jsonl(res / "eval" / name / f"{split}.jsonl", out_rows)
+        write_json(res / "eval" / name / f"{split}.json", metrics)
+        out[split] = metrics
+        log(name, split, {k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()})
+    greedy = read_jsonl(res / "eval" / name / "in_domain.jsonl")
+    prompts, responses = [r["prompt"] for r in greedy], [r["response"] for r in greedy]
+    self_scored = A.score_mean_logprobs(model, tokenizer, prompts, responses)
+    heldout = [(r["prompt"], r["response"]) for r in read_jsonl(f"{world_dir}/base_heldout.jsonl")]
+    write_json(res / "ppl" / f"{name}.json", {"ppl": A.perplexity(model, tokenizer, heldout)})
+    if teacher_dir is None:
+        teacher_scored = self_scored
+    else:
+        teacher = load_policy(teacher_dir).to(next(model.parameters()).device)
+        teacher_scored = A.score_mean_logprobs(teacher, load_tokenizer(teacher_dir), prompts, responses)
+    write_json(res / "logp" / name / "in_domain.json",
+               {"scorer": "teacher", "teacher_scored": teacher_scored, "self_scored": self_scored})
+    return out

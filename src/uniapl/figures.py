@@ -153,8 +153,12 @@ def plot_lambda_adv_sweep(summary: dict, out_dir="figures", data_dir="results/fi
     fig, ax = plt.subplots(figsize=(5.5, 4))
     data = {}
     for s, rows in summary["rows"].items():
-        pts = sorted((A.lambda_of(m), r["in_domain"][A.PRIMARY]) for m, r in rows.items()
-                     if A.lambda_of(m) is not None and "in_domain" in r)
+        sw = summary.get("tests", {}).get(s, {}).get("lambda_adv_sweep")
+        if sw and "methods" in sw:  # includes the uniapl row at its own lambda_adv
+            pts = [(l, rows[m]["in_domain"][A.PRIMARY]) for l, m in zip(sw["lambdas"], sw["methods"])]
+        else:
+            pts = sorted(((A.lambda_of(m), r["in_domain"][A.PRIMARY]) for m, r in rows.items()
+                          if A.lambda_of(m) is not None and "in_domain" in r), key=lambda x: x[0])
         if pts:
             data[s] = {"lambda_adv": [l for l, _ in pts], "mean": [p["mean"] for _, p in pts],
                        "std": [p["std"] for _, p in pts], "n": [p["n"] for _, p in pts]}

@@ -28,6 +28,11 @@ ensure_punkt_tab()  # must precede the harness import below (it downloads otherw
 
 from lm_eval.tasks.ifeval import instructions_registry, instructions_util  # noqa: E402
 from lm_eval.tasks.ifeval import utils as _harness  # noqa: E402
+import langdetect  # noqa: E402
+
+# The case checkers call langdetect, which samples; unseeded it gives verdicts that differ between
+# processes on borderline text. Its documented fix is a fixed DetectorFactory seed.
+langdetect.DetectorFactory.seed = 0
 
 __all__ = [
     "INSTRUCTION_REGISTRY",

@@ -116,15 +116,20 @@ class HFEngine:
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         greedy = seeds is None or temperature == 0
         seed_t = None if greedy else torch.tensor(seeds, dtype=torch.int64)
-        tokens, logps = [], []
-        done = torch.zeros(B, dtype=torch.bool, device=device)
+        # Finished rows leave the batch (their KV-cache rows are dropped), so a step costs what the
+        # still-running rows need. A row's noise depends only on its own seed: dropping rows changes nothing.
+        tok = torch.full((B, max_new_tokens), pad, dtype=torch.long)
+        lps = torch.zeros((B, max_new_tokens))
+        active = torch.arange(B)
         eos_t = torch.tensor([eos], dtype=torch.long, device=device)
         temp = 1.0 if greedy else temperature
+        n_steps = 0
         with self._autocast():
             # logits_to_keep=1: the prefill needs the last position's logits only (as transformers' generate).
             out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
             cache, logits = out.past_key_values, out.logits[:, -1].float()
             for t in range(max_new_tokens):
+                n_steps = t + 1
                 if t < min_new_tokens:  # end-of-turn forbidden before min_new_tokens new tokens
                     logits = logits.index_fill(-1, eos_t, float("-inf"))
                 logp_all = torch.log_softmax(logits if temp == 1.0 else logits / temp, dim=-1)
@@ -134,20 +139,27 @@ class HFEngine:
                     g = _hash_uniform(seed_t, t, logits.shape[-1]).to(device).log_().neg_().log_()
                     nxt = (logp_all - g).argmax(-1)
                 lp = logp_all.gather(-1, nxt[:, None]).squeeze(-1)
-                nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-                tokens.append(nxt)
-                logps.append(torch.where(done, torch.zeros_like(lp), lp))
-                done = done | (nxt == eos)
-                if bool(done.all()):
+                nxt_c, lp_c = nxt.cpu(), lp.cpu()
+                tok[active, t] = nxt_c
+                lps[active, t] = lp_c
+                keep = nxt_c != eos
+                if not bool(keep.any()):
                     break
-                attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
+                if not bool(keep.all()):
+                    sel = keep.nonzero().squeeze(-1)
+                    active = active[sel]
+                    sel_d = sel.to(device)
+                    cache.batch_select_indices(sel_d)
+                    nxt, attn, pos = nxt[sel_d], attn[sel_d], pos[sel_d]
+                    if seed_t is not None:
+                        seed_t = seed_t[sel]
+                attn = torch.cat([attn, torch.ones((attn.shape[0], 1), dtype=attn.dtype, device=device)], dim=1)
                 pos = pos[:, -1:] + 1
                 out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos,
                             past_key_values=cache, use_cache=True)
                 cache, logits = out.past_key_values, out.logits[:, -1].float()
         model.train(was_training)
-        tok = torch.stack(tokens, 1).cpu()
-        lps = torch.stack(logps, 1).cpu()
+        tok, lps = tok[:, :n_steps], lps[:, :n_steps]
         resp, lp_list, trunc = [], [], []
         for b in range(B):
             row = tok[b].tolist()

@@ -26,10 +26,15 @@ def lr_lambda(warmup: int, total: int, floor: float = 0.1):
 
 
 def response_nll(model, ids, attn, lmask) -> torch.Tensor:
-    """Token-mean NLL of the response tokens (positions where ``lmask`` is 1)."""
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
-    m = lmask[:, 1:].reshape(-1)
+    """Token-mean NLL of the response tokens (positions where ``lmask`` is 1).
+
+    The LM head runs only from the first response position on (``logits_to_keep``)."""
+    T = ids.shape[1]
+    cols = lmask.any(0).nonzero()
+    first = max(1, int(cols[0])) if len(cols) else T - 1
+    logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=T - first + 1).logits[:, :-1].float()
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, first:].reshape(-1), reduction="none")
+    m = lmask[:, first:].reshape(-1)
     return (nll * m).sum() / m.sum().clamp(min=1)
 
 

@@ -61,17 +61,43 @@ class Batch:
     lmask: torch.Tensor
 
 
+def first_response_position(lmask: torch.Tensor) -> int:
+    """Smallest column holding a response token in any row (>= 1); the logits before it are never used."""
+    cols = lmask.any(0).nonzero()
+    return max(1, int(cols[0])) if len(cols) else lmask.shape[1] - 1
+
+
 def sequence_logprobs(model, batch: Batch, with_entropy: bool = False, autocast_dtype=None):
-    """Per-token log-probs (B, T) aligned with ``batch.lmask`` (position t scores token t; t=0 gets 0)."""
+    """Per-token log-probs (B, T) aligned with ``batch.lmask`` (position t scores token t; t=0 gets 0).
+
+    Only the positions from the first response token on go through the LM head (``logits_to_keep``,
+    accepted by every transformers causal LM): prompt positions get 0 and must be masked out."""
+    T = batch.ids.shape[1]
+    first = first_response_position(batch.lmask)
     with torch.autocast(batch.ids.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        logits = model(input_ids=batch.ids, attention_mask=batch.attn).logits[:, :-1]
-    lp = O.token_logprobs(logits, batch.ids[:, 1:])
-    lp = torch.nn.functional.pad(lp, (1, 0))
+        logits = model(input_ids=batch.ids, attention_mask=batch.attn, logits_to_keep=T - first + 1).logits[:, :-1]
+    lp = O.token_logprobs(logits, batch.ids[:, first:])
+    lp = torch.nn.functional.pad(lp, (first, 0))
     ent = None
     if with_entropy:
         with torch.no_grad():
-            ent = torch.nn.functional.pad(O.entropy_from_logits(logits.detach()), (1, 0))
+            ent = torch.nn.functional.pad(O.entropy_from_logits(logits.detach()), (first, 0))
     return lp, ent
+
+
+class _LazyEncoded:
+    """``seq[i]`` = ``fn(rows[i])``, computed once on first access."""
+
+    def __init__(self, rows: list[dict], fn):
+        self.rows, self.fn, self.cache = rows, fn, {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        if i not in self.cache:
+            self.cache[i] = self.fn(self.rows[i])
+        return self.cache[i]
 
 
 class Trainer:
@@ -98,8 +124,9 @@ class Trainer:
         self.disc_opt = (torch.optim.AdamW(discriminator.parameters(), lr=cfg.disc_lr)
                          if cfg.disc_cotrain else None)
         # Pre-tokenise once: prompts and demonstrations are reused every epoch.
-        self.prompt_ids = [encode_prompt(tokenizer, d["prompt"]) for d in demos]
-        self.demo_ids = [encode_response(tokenizer, d["response"]) for d in demos]
+        # Tokenised on first use (a run touches steps*batch of them; chat templates are slow to render).
+        self.prompt_ids = _LazyEncoded(demos, lambda d: encode_prompt(tokenizer, d["prompt"]))
+        self.demo_ids = _LazyEncoded(demos, lambda d: encode_response(tokenizer, d["response"]))
         perm = list(range(len(demos)))
         random.Random(cfg.seed).shuffle(perm)
         self.order = perm
@@ -358,6 +385,11 @@ class Trainer:
         self.policy.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
         st = torch.load(path / "trainer_state.pt", weights_only=True)
         self.opt.load_state_dict(st["optimizer"])
+        self._restore_common(path, st)
+
+    def _restore_common(self, path: Path, st: dict) -> None:
+        """What both checkpoint kinds restore alike: scheduler, RNG states, step, co-trained discriminator."""
+        from safetensors.torch import load_file
         self.sched.load_state_dict(st["scheduler"])
         torch.set_rng_state(st["torch_rng"])
         random.setstate(st["python_rng"])
@@ -398,18 +430,11 @@ class Trainer:
         torch.distributed.barrier()
 
     def _load_ds_checkpoint(self, path: Path) -> None:
-        from safetensors.torch import load_file
         self.ds_engine.load_checkpoint(str(path / "ds"), tag="ckpt", load_optimizer_states=True,
                                        load_lr_scheduler_states=False)
         f = path / f"trainer_state_rank{self.rank}.pt"
         st = torch.load(f if f.exists() else path / "trainer_state_rank0.pt", weights_only=True)
-        self.sched.load_state_dict(st["scheduler"])
-        torch.set_rng_state(st["torch_rng"])
-        random.setstate(st["python_rng"])
-        self.step = st["step"]
-        if self.disc_opt is not None and (path / "disc.safetensors").exists():
-            self.disc.load_state_dict(load_file(str(path / "disc.safetensors")))
-            self.disc_opt.load_state_dict(torch.load(path / "disc_opt.pt", weights_only=True))
+        self._restore_common(path, st)
 
     # ------------------------------------------------------------------ the run
     def fit(self, live=None, progress: bool = True) -> dict:

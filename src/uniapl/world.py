@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass
 
 from uniapl import ifeval
+from uniapl.config import WorldConfig
 
 # --- the instruction types of the world ---------------------------------------------------------
 
@@ -67,19 +67,6 @@ OOD_TOPICS = ("volcanoes", "robots", "honey", "tigers", "castles", "umbrellas", 
               "mirrors", "dragons")
 TASKS = ("Write a short note about {topic}.", "Describe {topic}.", "Tell me about {topic}.",
          "Write a few lines on {topic}.", "Explain why {topic} matter.")
-
-@dataclass(frozen=True)
-class WorldConfigView:
-    """The world settings this module needs (a view of ``config.WorldConfig``)."""
-
-    seed: int
-    n_train: int
-    n_in_domain: int
-    n_ood: int
-    n_heldout_base: int
-    n_instructions_probs: tuple[float, ...]
-    ood_n_instructions: int
-    type_weights: dict[str, float]
 
 
 def _sample_kwargs(rng: random.Random, itype: str, ood: bool) -> dict:
@@ -142,7 +129,7 @@ def _draw_types(rng: random.Random, k: int, weights: dict[str, float], allow_hel
     raise RuntimeError(f"cannot draw {k} compatible instructions from {names}")
 
 
-def build_splits(cfg: WorldConfigView) -> dict[str, list[dict]]:
+def build_splits(cfg: WorldConfig) -> dict[str, list[dict]]:
     """Deterministic prompts for ``train``, ``in_domain`` and ``ood`` (no prompt text repeats)."""
     rng = random.Random(cfg.seed)
     seen: set[str] = set()

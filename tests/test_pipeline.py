@@ -1,0 +1,84 @@
+"""The whole DVC pipeline (quick profile, tests/conftest.py::quick_repo): outputs, layout and workflows."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from uniapl.analysis import MAIN_METHODS, METRICS, SPLITS
+
+FIGURES = ["main_results", "length_distribution", "logp_distribution", "lambda_adv_sweep", "training_curves"]
+
+
+def dvc(repo, *args, check=True):
+    env = {**os.environ, "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])}
+    r = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True, env=env)
+    if check and r.returncode:
+        raise AssertionError(f"dvc {' '.join(args)}: {r.stdout}\n{r.stderr}")
+    return r.stdout + r.stderr
+
+
+def test_summary_has_every_row_in_the_documented_layout(quick_repo):
+    s = json.loads((quick_repo / "results/summary.json").read_text())
+    rows = s["rows"]
+    assert set(["teacher", "base"] + MAIN_METHODS) <= set(rows["student-s"])
+    assert {"teacher", "base", "grpo", "sft->grpo", "uniapl"} <= set(rows["student-m"])
+    for student, methods in rows.items():
+        for m, row in methods.items():
+            for split in SPLITS:
+                for metric in METRICS:
+                    cell = row[split][metric]
+                    assert set(cell) == {"mean", "std", "ci95", "n", "values"}, (student, m, split, metric)
+                    assert cell["n"] == len(cell["values"]) >= 1
+            assert {"length_w1_to_teacher", "logp_w1_to_teacher", "ppl"} <= set(row)
+            assert row["ppl"]["n"] >= 1, (student, m)
+    ablations = set(rows["student-s"])
+    assert {"uniapl_shaped", "uniapl_cotrained"} <= ablations
+    assert sum(m.startswith("uniapl_lam") for m in ablations) == len(yaml.safe_load(
+        (quick_repo / "params.yaml").read_text())["pipeline"]["lambda_sweep"])
+    assert s["tests"]["student-s"]["lambda_adv_sweep"]["methods"].count("uniapl") == 1  # uniapl joins the sweep
+
+
+def test_figures_tables_and_report(quick_repo):
+    for f in FIGURES:
+        assert (quick_repo / f"figures/{f}.png").stat().st_size > 1000
+        assert (quick_repo / f"figures/{f}.pdf").exists()
+        json.loads((quick_repo / f"results/figures/{f}.json").read_text())
+    for t in ("main_results", "ablations", "distances"):
+        assert "| method" in (quick_repo / f"paper/tables/{t}.md").read_text() or t == "ablations"
+        assert r"\toprule" in (quick_repo / f"paper/tables/{t}.tex").read_text()
+    report = (quick_repo / "paper/report.md").read_text()
+    for claim in ("UniAPL beats GRPO", "UniAPL beats SFT->GRPO", "A UniAPL student beats the teacher",
+                  "closer to the teacher", "Too large lambda_adv hurts", "reward shaping"):
+        assert claim in report
+    timing = json.loads((quick_repo / "results/timing/repro.json").read_text())
+    assert timing["returncode"] == 0 and "report" in timing["stages"]
+
+
+def test_pipeline_is_up_to_date_and_one_figure_regenerates_alone(quick_repo):
+    assert "up to date" in dvc(quick_repo, "status")
+    out = dvc(quick_repo, "repro", "--force", "--single-item", "plot@length_distribution")
+    assert out.count("Running stage") == 1 and "plot@length_distribution" in out
+
+
+def test_changing_uniapl_lambda_dirties_only_what_reads_it(quick_repo, tmp_path):
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["add", "-A"], cwd=quick_repo, check=True, capture_output=True)
+    subprocess.run(git + ["commit", "-qm", "quick"], cwd=quick_repo, check=True, capture_output=True)
+    params = quick_repo / "params.yaml"
+    original = params.read_text()
+    try:
+        p = yaml.safe_load(original)
+        p["uniapl"]["lambda_adv"] = 0.5
+        params.write_text(yaml.safe_dump(p, sort_keys=False))
+        assert "uniapl.lambda_adv" in dvc(quick_repo, "params", "diff")
+        status = json.loads(dvc(quick_repo, "status", "--json"))
+        changed = {k.split("@")[0] for k in status}
+        assert {"train_s", "ablate_lambda", "ablate_shaped", "ablate_cotrained", "aggregate"} <= changed
+        assert not changed & {"world", "pretrain", "teacher_demos", "discriminator", "train_m", "staged_s", "staged_m"}
+        assert {k for k in status if k.startswith("train_s@")} == {"train_s@uniapl-0"}
+    finally:
+        params.write_text(original)
+    dvc(quick_repo, "metrics", "diff")  # runs against the commit (no change)
