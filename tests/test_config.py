@@ -46,3 +46,11 @@ def test_not_yaml(tmp_path):
     f.write_text("world: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(f)
+
+
+def test_pretrain_stage_reads_the_corpus_its_params_name():
+    """dvc.yaml's pretrain map (model -> corpus file it depends on) matches pretrain.models.<model>.corpus."""
+    import yaml
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    params = load_params(ROOT / "params.yaml")
+    assert stages["pretrain"]["foreach"] == {m: spec.corpus for m, spec in params.pretrain.models.items()}

@@ -77,8 +77,6 @@ print(hashlib.sha256(json.dumps([s, texts, verdicts], sort_keys=True).encode()).
 """
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, open: the digest still differs between processes with different "
-                   "PYTHONHASHSEED after seeding langdetect (world stage not byte-reproducible across processes)")
 def test_world_and_verdicts_are_identical_across_processes():
     """Splits, writer texts and checker verdicts do not depend on the process (hash seed, langdetect's sampler)."""
     import os

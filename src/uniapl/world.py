@@ -118,7 +118,7 @@ def _draw_types(rng: random.Random, k: int, weights: dict[str, float], allow_hel
     names = list(weights)
     w = [weights[n] for n in names]
     for _ in range(1000):
-        chosen = list(must_pair) if must_pair else []
+        chosen = sorted(must_pair) if must_pair else []  # sorted: frozenset order follows the hash seed
         while len(chosen) < k:
             t = rng.choices(names, w)[0]
             if t not in chosen:
