@@ -46,7 +46,11 @@ def make_copy(dest: Path, profile: Path) -> Path:
     params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), yaml.safe_load(profile.read_text()))
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     load_params(dest / "params.yaml")  # a profile that breaks the schema fails here, naming the key
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)  # DVC wants an SCM (nothing is committed)
+    # DVC wants an SCM, and DVCLive a commit to name as its baseline.
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run(["git", "-c", "user.name=quick", "-c", "user.email=quick@localhost", "commit", "-q", "--no-verify",
+                    "-m", "quick profile copy"], cwd=dest, check=True)
     return dest
 
 
