@@ -85,14 +85,20 @@ def ablation_table(summary: dict):
 
 
 def distance_table(summary: dict):
-    header = ["method", "length W1 to teacher (tokens)", "log-prob W1 to teacher (nats/token)", "held-out base ppl"]
+    header = ["method", "length W1 to teacher (tokens)", "log-prob W1 to teacher (nats/token)", "held-out base ppl",
+              "ppl vs base student"]
     groups = []
     f = lambda x, d: DASH if x is None else f"{x:.{d}f}"  # noqa: E731
     for s, rows in summary["rows"].items():
         order = [m for m in ["teacher", "base"] + A.MAIN_METHODS if m in rows] + \
                 [m for m in rows if m not in A.MAIN_METHODS + ["teacher", "base"]]
+        base = (rows.get("base", {}).get("ppl") or {}).get("mean")
+
+        def retention(m):  # general-ability retention: relative change of held-out base-corpus perplexity
+            ppl = (rows[m].get("ppl") or {}).get("mean")
+            return DASH if m in ("base", "teacher") or not ppl or not base else f"{(ppl / base - 1) * 100:+.1f}%"
         groups.append((s, [[m, f(rows[m]["length_w1_to_teacher"], 1), f(rows[m]["logp_w1_to_teacher"], 3),
-                            pm(rows[m]["ppl"], 1.0, 2)] for m in order]))
+                            pm(rows[m]["ppl"], 1.0, 2), retention(m)] for m in order]))
     return header, groups
 
 

@@ -72,7 +72,10 @@ def build_report(params_path="params.yaml", summary_path="results/summary.json",
     lines += setting(params or {})
     lines += ["## Deviations from the paper", ""]
     dev = Path(deviations)
-    lines += [dev.read_text().rstrip() if dev.exists() else "_No paper/deviations.md: deviations not documented yet._", ""]
+    body = dev.read_text().rstrip() if dev.exists() else "_No paper/deviations.md: deviations not documented yet._"
+    if body.startswith("## "):  # the file carries its own heading (for reading it alone); the report has one
+        body = body.split("\n", 1)[1].lstrip("\n") if "\n" in body else ""
+    lines += [body, ""]
     lines += claims_section(summary)
     lines += ["## Tables", ""]
     for name, title in TABLE_TITLES.items():

@@ -54,3 +54,13 @@ def test_pretrain_stage_reads_the_corpus_its_params_name():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     params = load_params(ROOT / "params.yaml")
     assert stages["pretrain"]["foreach"] == {m: spec.corpus for m, spec in params.pretrain.models.items()}
+
+
+def test_lambda_sweep_reads_every_uniapl_key_but_lambda_adv():
+    """ablate_lambda sets lambda_adv with --set, so it lists the other uniapl.* keys one by one: a key added
+    to the uniapl section must be added there too, or the sweep would not re-run when it changes."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    section = yaml.safe_load((ROOT / "params.yaml").read_text())["uniapl"]
+    listed = {p for p in stages["ablate_lambda"]["params"] if p.startswith("uniapl")}
+    assert listed == {f"uniapl.{k}" for k in section if k != "lambda_adv"}
+    assert "--set lambda_adv=" in stages["ablate_lambda"]["cmd"]
