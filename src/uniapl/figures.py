@@ -22,6 +22,7 @@ CURVE_METRICS = ["reward_mean", "adv_score_mean"]
 
 
 def _save(fig, name: str, out_dir, data, data_dir) -> list[Path]:
+    fig.tight_layout()  # stacked panels: keep titles clear of the x labels above them
     out = []
     for ext in ("png", "pdf"):
         path = Path(out_dir) / f"{name}.{ext}"
@@ -187,7 +188,7 @@ def plot_training_curves(data: dict, out_dir="figures", data_dir="results/figure
                 if k in curves:
                     ax.plot(curves[k]["step"], curves[k]["mean"], lw=1.2, label=m)
                     drawn = True
-            ax.set_title(f"{s}: {k}")
+            ax.set_title(f"{s}: {k} (mean over seeds)")
             ax.set_xlabel("step")
             if drawn:
                 ax.legend(fontsize=7)
