@@ -33,13 +33,23 @@ def repo_files(root: Path) -> list[str]:
     return [f for f in out.split("\0") if f and (root / f).is_file()]
 
 
+def pipeline_outputs(root: Path) -> list[str]:
+    """Every output path declared in dvc.yaml (files or folders), relative to ``root``."""
+    from dvc.repo import Repo
+    with Repo(str(root)) as repo:
+        return sorted({Path(o.fs_path).relative_to(root).as_posix() for o in repo.index.outs})
+
+
 def make_copy(dest: Path, profile: Path) -> Path:
     """A fresh copy of the repo at ``dest`` with the profile merged into params.yaml (validated)."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
+    # The copy starts with no pipeline outputs (nor dvc.lock): every stage runs there, and the default run's
+    # committed results (metrics, responses, figures) must not leak into the quick profile's summary.
+    outs = pipeline_outputs(ROOT)
     for f in repo_files(ROOT):
-        if f == "dvc.lock":  # every stage runs in the copy
+        if f == "dvc.lock" or any(f == o or f.startswith(o + "/") for o in outs):
             continue
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, dest / f)
