@@ -8,7 +8,9 @@ summary.json layout::
                                       "ppl": {mean, std, ci95, n, values}|null}}},
      "tests": {<student>: {"uniapl_vs_grpo": {...}, "uniapl_vs_sft->grpo": {...}, ...}}}
 
-Methods that were never run are absent (and listed on stderr). Tables: main_results, ablations,
+Only the runs that dvc.yaml declares for the current params count (``analysis.declared_runs``; results
+of runs a smaller ``pipeline.seeds`` or ``lambda_sweep`` dropped stay on disk, unread). Methods that
+were never run are absent (and listed on stderr). Tables: main_results, ablations,
 distances, each as .md and .tex (booktabs).
 """
 
@@ -19,7 +21,7 @@ import logging
 from pathlib import Path
 
 from uniapl import analysis as A
-from uniapl.io import atomic_path, write_json
+from uniapl.io import atomic_path, exit_fast, write_json
 
 DASH = "–"
 
@@ -144,12 +146,13 @@ def write_tables(summary: dict, out_dir: str | Path = "paper/tables") -> list[Pa
 
 
 def main(results_dir: str, out: str, tables_dir: str, students: list[str], methods: list[str] | None,
-         params_path: str = "params.yaml") -> dict:
+         params_path: str = "params.yaml", runs: set[str] | None = None) -> dict:
+    """``runs``: count only these run names (``analysis.declared_runs``); None: every run on disk."""
     lam = None
     if Path(params_path).exists():  # the uniapl row is the sweep's point at uniapl.lambda_adv
         from uniapl.config import load_params, run_config
         lam = run_config(load_params(params_path), "uniapl", "student-s", 0).lambda_adv
-    summary = A.build_summary(results_dir, students, methods, uniapl_lambda=lam)
+    summary = A.build_summary(results_dir, students, methods, uniapl_lambda=lam, runs=runs)
     write_json(out, summary)
     write_tables(summary, tables_dir)
     for s, rows in summary["rows"].items():
@@ -166,5 +169,8 @@ if __name__ == "__main__":
     ap.add_argument("--students", nargs="+", default=A.STUDENTS)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--methods", nargs="+", default=None, help="default: every method found under results/eval/runs")
+    ap.add_argument("--all-runs", action="store_true",
+                    help="count every run on disk, not only those dvc.yaml declares for the current params")
     a = ap.parse_args()
-    main(a.results, a.out, a.tables, a.students, a.methods, a.params)
+    main(a.results, a.out, a.tables, a.students, a.methods, a.params, None if a.all_runs else A.declared_runs("."))
+    exit_fast()

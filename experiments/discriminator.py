@@ -16,7 +16,7 @@ import torch
 
 from uniapl.config import load_params
 from uniapl.discriminator import Discriminator, pairwise_accuracy, train_contrastive
-from uniapl.io import atomic_path, read_jsonl, write_json
+from uniapl.io import atomic_path, exit_fast, read_jsonl, write_json
 from uniapl.models import encode_prompt, load_policy, load_tokenizer
 from uniapl.rollout import HFEngine, row_seed
 from transformers import Qwen3Config
@@ -85,3 +85,4 @@ if __name__ == "__main__":
     ap.add_argument("--out", default="models/discriminator")
     a = ap.parse_args()
     main(a.params, a.models, a.demos, a.out)
+    exit_fast()

@@ -13,6 +13,7 @@ import torch
 
 from uniapl.config import load_params
 from uniapl.evaluate import evaluate_and_score
+from uniapl.io import exit_fast
 from uniapl.models import load_policy, load_tokenizer
 
 
@@ -37,3 +38,4 @@ if __name__ == "__main__":
                     help="scorer of the log-prob analysis; 'self' when the model is the teacher")
     a = ap.parse_args()
     main(a.params, a.model, a.name, a.splits, a.world, None if a.teacher == "self" else a.teacher)
+    exit_fast()

@@ -8,7 +8,7 @@ import time
 import torch
 
 from uniapl.config import load_params
-from uniapl.io import atomic_path, read_jsonl, write_json
+from uniapl.io import atomic_path, exit_fast, read_jsonl, write_json
 from uniapl.models import build_policy, load_tokenizer, n_params
 from uniapl.supervised import train_lm
 
@@ -42,3 +42,4 @@ if __name__ == "__main__":
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     main(a.params, a.model, a.world, a.out or f"models/{a.model}")
+    exit_fast()

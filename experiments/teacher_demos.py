@@ -13,7 +13,7 @@ import torch
 
 from uniapl.config import load_params
 from uniapl.demos import generate_demos
-from uniapl.io import read_jsonl, write_json, write_jsonl
+from uniapl.io import exit_fast, read_jsonl, write_json, write_jsonl
 
 
 def main(params_path: str, teacher: str, world_dir: str, out: str) -> None:
@@ -42,3 +42,4 @@ if __name__ == "__main__":
     ap.add_argument("--out", default="data/teacher_demos.jsonl")
     a = ap.parse_args()
     main(a.params, a.teacher, a.world, a.out)
+    exit_fast()

@@ -21,7 +21,7 @@ import yaml
 
 from uniapl.config import deep_merge, load_params, run_config
 from uniapl.discriminator import Discriminator
-from uniapl.io import atomic_path, read_jsonl, run_metadata, write_json
+from uniapl.io import atomic_path, exit_fast, read_jsonl, run_metadata, write_json
 from uniapl.methods import METHODS
 from uniapl.models import load_policy, load_tokenizer
 from uniapl.trainer import Trainer
@@ -128,6 +128,8 @@ def main() -> None:
         ds_config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
                      "gradient_clipping": cfg.grad_clip, "zero_optimization": {"stage": cfg.zero_stage},
                      "steps_per_print": 10 ** 9, "wall_clock_breakdown": False}
+        if cfg.dtype == "bf16":  # else DeepSpeed's engine.forward turns the trainer's CUDA autocast off
+            ds_config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
         if a.ds_config:
             ds_config = deep_merge(ds_config, json.loads(Path(a.ds_config).read_text()))
         trainer.use_deepspeed(ds_config)
@@ -170,3 +172,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_fast()

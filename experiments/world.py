@@ -9,7 +9,7 @@ from pathlib import Path
 
 from uniapl import ifeval, world
 from uniapl.config import load_params
-from uniapl.io import atomic_path, write_json, write_jsonl
+from uniapl.io import atomic_path, exit_fast, write_json, write_jsonl
 from uniapl.models import train_tokenizer
 
 FIXED_ANSWERS = ('"<<notes>> i like this a lot. p.s. thanks"', "<<Notes>>\nI like it.", "i like it",
@@ -62,3 +62,4 @@ if __name__ == "__main__":
     ap.add_argument("--out", default="data/world")
     a = ap.parse_args()
     main(a.params, a.out)
+    exit_fast()

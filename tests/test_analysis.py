@@ -89,6 +89,32 @@ def make_tree(root: Path, accs: dict, seeds=(0, 1), shift: dict | None = None) -
     return root
 
 
+def test_only_declared_runs_are_aggregated(tmp_path):
+    """Runs that a smaller matrix no longer declares stay on disk but are neither counted nor plotted."""
+    import subprocess
+    import sys
+
+    from uniapl import figures as F
+    repo = tmp_path / "repo"
+    make_tree(repo / "results", {"grpo": (0.5, 0.1), "uniapl_lam8.0": (0.3, 0.0)}, seeds=(0, 1, 2))
+    (repo / "params.yaml").write_text("pipeline:\n  seeds: [0, 2]\n")
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  train:\n    foreach: ${pipeline.seeds}\n    do:\n      cmd: echo\n      outs:\n"
+        "      - results/eval/runs/student-s/grpo/seed${item}/in_domain.jsonl: {cache: false}\n"
+        "      - runs/student-s/grpo/seed${item}/model\n")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=repo, check=True)
+    declared = A.declared_runs(repo)
+    assert declared == {"runs/student-s/grpo/seed0", "runs/student-s/grpo/seed2"}
+    assert A.declared_runs(tmp_path) is None  # no dvc.yaml: no filter
+    res = repo / "results"
+    s = A.build_summary(res, [STUDENT], n_boot=100, runs=declared)
+    assert s["rows"][STUDENT]["grpo"]["in_domain"]["prompt_strict"]["values"] == pytest.approx([0.5, 0.7])
+    assert "uniapl_lam8.0" not in s["rows"][STUDENT]  # on disk, not declared
+    assert len(A.build_summary(res, [STUDENT], n_boot=100)["rows"][STUDENT]["grpo"]["in_domain"]["prompt_strict"]
+               ["values"]) == 3  # without the filter every run on disk counts
+    assert len(F.length_data(res, STUDENT, ["grpo"], runs=declared)["methods"]["grpo"]) == 2 * len(TEACHER_LEN)
+
+
 def test_build_summary_layout_and_values(tmp_path, caplog):
     make_tree(tmp_path, {"grpo": (0.5, 0.02), "sft->grpo": (0.55, 0.02), "uniapl": (0.6, 0.04)}, shift={"uniapl": 2})
     s = A.build_summary(tmp_path, [STUDENT], ["grpo", "sft->grpo", "uniapl", "chord"], n_boot=200)

@@ -302,3 +302,18 @@ def test_main_in_process(tmp_path, capsys):
     missing_key = {k: v for k, v in ROWS[0].items() if k != "response"}
     assert ifeval.main([str(_write(tmp_path / "mk.jsonl", [json.dumps(missing_key)]))]) == 2
     assert "line 1: missing key 'response'" in capsys.readouterr().err
+
+
+def test_exit_fast_runs_atexit_handlers_flushes_and_keeps_the_exit_code(tmp_path):
+    """Stage scripts end with ``uniapl.io.exit_fast`` (skips the interpreter's slow teardown)."""
+    script = tmp_path / "s.py"
+    script.write_text(
+        "import atexit, pathlib\n"
+        f"atexit.register(lambda: pathlib.Path({str(tmp_path / 'flag')!r}).write_text('ran'))\n"
+        "print('unflushed output', end='')\n"
+        "from uniapl.io import exit_fast\n"
+        "exit_fast(3)\n"
+        "print('not reached')\n")
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 3 and p.stdout == "unflushed output"
+    assert (tmp_path / "flag").read_text() == "ran"

@@ -3,7 +3,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from uniapl.config import ModelSpec
 from uniapl.models import build_policy, encode_prompt, encode_response, pack, train_tokenizer
-from uniapl.rollout import HFEngine, row_seed
+from uniapl import rollout
+from uniapl.rollout import HFEngine, row_seed, sample_inverse_cdf
 
 TEXTS = ["Write a note about cats. Answer in lowercase.", "cats are nice. i like cats a lot.",
          "<<Cats>>\nCats are simple to enjoy.", "Well, to be honest, I really think that cats are good."] * 20
@@ -94,3 +95,115 @@ def test_sequence_logprobs_keep_only_response_positions_and_match_full_logits(tm
     assert torch.allclose(lp[m], ref[m], atol=1e-5)
     first = int(m.any(0).nonzero()[0])
     assert first > 1 and torch.all(lp[:, :first] == 0)  # columns before any response token are never computed
+
+
+def test_inverse_cdf_sampling_follows_the_distribution_and_never_draws_a_zero_probability_token():
+    probs = torch.tensor([0.5, 0.0, 0.2, 0.3, 0.0])
+    logp = torch.log(probs).expand(4000, 5).contiguous()
+    u = (torch.arange(4000, dtype=torch.float64) + 0.5) / 4000  # stratified uniforms
+    draws = sample_inverse_cdf(logp, u)
+    freq = torch.bincount(draws, minlength=5).float() / 4000
+    assert torch.allclose(freq, probs, atol=1e-3)
+    assert freq[1] == 0 and freq[4] == 0
+    edge = sample_inverse_cdf(torch.log(probs)[None].expand(2, 5), torch.tensor([1e-12, 1 - 1e-12], dtype=torch.float64))
+    assert edge.tolist() == [0, 3]
+
+
+def test_hash_uniforms_are_uniform_and_depend_only_on_seed_and_position():
+    seeds = torch.tensor([row_seed(0, 0, i) for i in range(20000)])
+    u = rollout._hash_uniform(seeds, 3)
+    assert u.shape == (20000,) and 0 < float(u.min()) and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.003
+    assert torch.equal(rollout._hash_uniform(seeds[5:9], 3), u[5:9])
+    assert not torch.equal(rollout._hash_uniform(seeds, 4), u)
+
+
+def test_dropping_finished_rows_early_or_late_gives_the_same_rollouts(tmp_path, monkeypatch):
+    """Finished rows leave the decoding batch in groups (COMPACT_FRACTION); when does not change any output."""
+    tok, model = tiny(tmp_path)
+    eng = HFEngine(model, tok, None)
+    prompts = [encode_prompt(tok, t) for t in TEXTS[:12]]
+    seeds = [row_seed(0, 1, i) for i in range(12)]
+    outs = {}
+    for frac in (0.0, 0.25, 10.0):  # 0: drop at every end-of-turn; 10: never drop
+        monkeypatch.setattr(rollout, "COMPACT_FRACTION", frac)
+        outs[frac] = (eng.generate(prompts, seeds, 1.0, 24), eng.generate(prompts, None, 0.0, 24))
+    lens = {len(r) for r in outs[0.0][0].response_ids}
+    assert len(lens) > 2, "the rows should end at different steps for this test to mean anything"
+    for frac in (0.25, 10.0):
+        for a, b in zip(outs[0.0], outs[frac]):
+            assert a.response_ids == b.response_ids and torch.equal(a.truncated, b.truncated)
+            assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(a.logprobs, b.logprobs))
+
+
+def test_qwen3_kv_decoder_matches_the_transformers_forward(tmp_path):
+    """The preallocated-cache decoder gives transformers' logits on left-padded batches, prefill and steps."""
+    from uniapl.rollout import Qwen3KVDecoder
+    tok = train_tokenizer(TEXTS, 300)
+    spec = ModelSpec(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, intermediate_size=64)
+    model = build_policy(spec, tok, seed=0).eval()
+    assert Qwen3KVDecoder.supports(model)
+    prompts = [encode_prompt(tok, t) for t in TEXTS[:3]]
+    B, L = len(prompts), max(map(len, prompts))
+    assert len({len(p) for p in prompts}) > 1  # really left-padded
+    ids = torch.full((B, L), tok.pad_token_id)
+    attn = torch.zeros((B, L), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, L - len(p):], attn[b, L - len(p):] = torch.tensor(p), 1
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    follow = torch.randint(5, 300, (B, 4), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        dec = Qwen3KVDecoder(model, B, L + 4, "cpu")
+        got = [dec.prefill(ids, attn, pos)]
+        for t in range(3):
+            got.append(dec.step(follow[:, t], pos[:, -1:] + 1 + t))
+        full_ids = torch.cat([ids, follow[:, :3]], 1)
+        full_attn = torch.cat([attn, torch.ones((B, 3), dtype=torch.long)], 1)
+        ref = model(input_ids=full_ids, attention_mask=full_attn, position_ids=(full_attn.cumsum(-1) - 1).clamp(min=0)).logits
+    for t, g in enumerate(got):
+        assert torch.allclose(g, ref[:, L - 1 + t], atol=1e-4), t
+    with torch.no_grad():  # dropping a row keeps the others' caches
+        dec.select(torch.tensor([0, 2]))
+        kept = dec.step(follow[[0, 2], 3], pos[[0, 2], -1:] + 4)
+        ref4 = model(input_ids=torch.cat([ids, follow], 1)[[0, 2]], attention_mask=torch.cat(
+            [attn, torch.ones((B, 4), dtype=torch.long)], 1)[[0, 2]]).logits[:, -1]
+    assert torch.allclose(kept, ref4, atol=1e-4)
+
+
+def test_fast_and_transformers_decoding_agree(tmp_path):
+    tok, model = tiny(tmp_path)
+    prompts = [encode_prompt(tok, t) for t in TEXTS[:10]]
+    seeds = [row_seed(2, 0, i) for i in range(10)]
+    for s, temp in ((seeds, 1.0), (None, 0.0)):
+        a = HFEngine(model, tok, None, fast=True).generate(prompts, s, temp, 20)
+        b = HFEngine(model, tok, None, fast=False).generate(prompts, s, temp, 20)
+        assert a.response_ids == b.response_ids and torch.equal(a.truncated, b.truncated)
+        assert all(torch.allclose(x, y, atol=1e-4) for x, y in zip(a.logprobs, b.logprobs))
+
+
+def test_sequence_logprobs_head_on_selected_rows_equals_the_full_forward_path(tmp_path):
+    """Plain-head models run the LM head on response rows only; any other module (e.g. a DeepSpeed engine)
+    goes through its forward. Both give the same log-probs, entropies and gradients."""
+    from uniapl.trainer import Batch, _plain_head, sequence_logprobs
+    tok, model = tiny(tmp_path)
+
+    class Wrapped(torch.nn.Module):  # no config: the generic path
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, **kw):
+            return self.m(**kw)
+    wrapped = Wrapped(model)
+    assert _plain_head(model) is not None and _plain_head(wrapped) is None
+    b = Batch(*pack([encode_prompt(tok, t) for t in TEXTS[:4]], [encode_response(tok, t) for t in TEXTS[2:6]],
+                    tok.pad_token_id))
+    out = []
+    for mod in (model, wrapped):
+        model.zero_grad()
+        lp, ent = sequence_logprobs(mod, b, with_entropy=True)
+        (lp * b.lmask).sum().backward()
+        out.append((lp.detach(), ent, [p.grad.clone() for p in model.parameters()]))
+    (lp1, e1, g1), (lp2, e2, g2) = out
+    assert torch.allclose(lp1, lp2, atol=1e-5) and torch.allclose(e1, e2, atol=1e-5)
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(g1, g2))

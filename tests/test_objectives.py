@@ -160,6 +160,28 @@ def test_token_logprobs_and_entropy():
     assert torch.allclose(O.entropy_from_logits(torch.zeros(1, 1, 5)), torch.tensor([[math.log(5)]]))
 
 
+def test_masked_token_logprobs_equal_the_full_log_softmax_on_the_mask_and_zero_elsewhere():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 5, 11, generator=g, dtype=torch.float64).float().requires_grad_()
+    labels = torch.randint(0, 11, (3, 5), generator=g)
+    mask = torch.tensor([[0, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]], dtype=torch.float32)
+    lp, ent = O.masked_token_logprobs(logits, labels, mask, with_entropy=True)
+    full = torch.log_softmax(logits, -1)
+    ref = full.gather(-1, labels[..., None]).squeeze(-1)
+    m = mask.bool()
+    assert torch.allclose(lp[m], ref[m], atol=1e-6) and torch.all(lp[~m] == 0)
+    p = full.exp()
+    assert torch.allclose(ent[m], -(p * full).sum(-1)[m], atol=1e-5) and torch.all(ent[~m] == 0)
+    assert not ent.requires_grad
+    # gradients equal those of the full log-softmax restricted to the mask
+    w = torch.randn(3, 5, generator=g)
+    (g1,) = torch.autograd.grad((lp * w).sum(), logits)
+    (g2,) = torch.autograd.grad((ref * w * mask).sum(), logits)
+    assert torch.allclose(g1, g2, atol=1e-6)
+    assert torch.all(g1[~m] == 0)
+    assert O.masked_token_logprobs(logits, labels, mask)[1] is None
+
+
 # ----------------------------------------------------------------------------- properties
 
 

@@ -57,23 +57,44 @@ def _seed_key(d: Path) -> int:
     return int(d.name[4:])
 
 
-def run_models(results_dir: str | Path, student: str, method: str) -> dict[str, str]:
-    """``{seed label: model name}`` of a method's evaluated runs (teacher and base: one pseudo-seed)."""
+def declared_runs(root: str | Path = ".") -> set[str] | None:
+    """Names (``runs/<student>/<method slug>/seed<k>``) of the evaluated runs that ``root``'s dvc.yaml
+    declares for the current params, read through DVC's own index; None when ``root`` has no dvc.yaml.
+
+    The aggregate and the figures read only these: results of runs that the params no longer declare
+    (a smaller ``pipeline.seeds`` or ``lambda_sweep``) stay on disk but are not counted."""
+    root = Path(root).resolve()
+    if not (root / "dvc.yaml").exists():
+        return None
+    from dvc.repo import Repo
+    with Repo(str(root)) as repo:
+        paths = {Path(o.fs_path).resolve().relative_to(root).as_posix() for o in repo.index.outs}
+    pat = re.compile(r"results/eval/(runs/[^/]+/[^/]+/seed\d+)/in_domain\.jsonl")
+    return {m.group(1) for p in paths if (m := pat.fullmatch(p))}
+
+
+def run_models(results_dir: str | Path, student: str, method: str, runs: set[str] | None = None) -> dict[str, str]:
+    """``{seed label: model name}`` of a method's evaluated runs (teacher and base: one pseudo-seed).
+
+    ``runs``: only these run names count (see :func:`declared_runs`); None: every run on disk."""
     if method == "teacher":
         return {"seed0": "teacher"}
     if method == "base":
         return {"seed0": student}
     base = Path(results_dir) / "eval" / "runs" / student / method_slug(method)
     dirs = sorted((d for d in base.glob("seed*") if d.is_dir() and re.fullmatch(r"seed\d+", d.name)), key=_seed_key)
-    return {d.name: f"runs/{student}/{method_slug(method)}/{d.name}" for d in dirs}
+    out = {d.name: f"runs/{student}/{method_slug(method)}/{d.name}" for d in dirs}
+    return out if runs is None else {k: v for k, v in out.items() if v in runs}
 
 
-def discover_methods(results_dir: str | Path, students=STUDENTS) -> list[str]:
-    """Main methods, then ablations (lambda sweep sorted by lambda), that have any eval dir on disk."""
+def discover_methods(results_dir: str | Path, students=STUDENTS, runs: set[str] | None = None) -> list[str]:
+    """Main methods, then ablations (lambda sweep sorted by lambda), that have any eval dir on disk
+    (``runs``: any declared run)."""
     found = set()
     for s in students:
         d = Path(results_dir) / "eval" / "runs" / s
-        found |= {method_name(p.name) for p in d.iterdir() if p.is_dir()} if d.is_dir() else set()
+        found |= {method_name(p.name) for p in d.iterdir() if p.is_dir()
+                  and (runs is None or any(r.startswith(f"runs/{s}/{p.name}/") for r in runs))} if d.is_dir() else set()
     lams = sorted((m for m in found if lambda_of(m) is not None), key=lambda_of)
     known = [m for m in MAIN_METHODS + ABLATIONS if m in found]
     return known + lams + sorted(found - set(known) - set(lams))
@@ -214,9 +235,9 @@ def _clean(x):
     return x
 
 
-def _method_row(results_dir, student, method, splits, metrics, teacher_len, teacher_logp):
+def _method_row(results_dir, student, method, splits, metrics, teacher_len, teacher_logp, runs=None):
     """(row as in the summary layout, seed-keyed internals for tests) or (None, None) when not run."""
-    models = run_models(results_dir, student, method)
+    models = run_models(results_dir, student, method, runs)
     evals = {s: {sp: _read_json(Path(results_dir) / "eval" / m / f"{sp}.json") for sp in splits} for s, m in models.items()}
     if not any(v for e in evals.values() for v in e.values()):
         return None, None
@@ -262,7 +283,7 @@ def compare(ia: dict, ib: dict, splits=SPLITS, n_boot: int = 10000) -> dict:
 
 
 def build_summary(results_dir, students=STUDENTS, methods=None, splits=SPLITS, metrics=METRICS, n_boot: int = 10000,
-                  uniapl_lambda: float | None = None) -> dict:
+                  uniapl_lambda: float | None = None, runs: set[str] | None = None) -> dict:
     """The summary tree (see the module docstring of ``experiments/aggregate.py`` for the layout).
 
     ``rows[student][method]`` holds ``{split: {metric: summarize(...)}}`` plus ``length_w1_to_teacher``,
@@ -271,16 +292,17 @@ def build_summary(results_dir, students=STUDENTS, methods=None, splits=SPLITS, m
     ``uniapl_vs_uniapl_shaped``, ``uniapl_vs_uniapl_cotrained`` (see :func:`compare`),
     ``uniapl_vs_teacher`` (one-sample t-test per split) and ``lambda_adv_sweep``, each only when
     both sides exist. ``uniapl_lambda``: the lambda_adv of the ``uniapl`` row, which then joins the
-    ``uniapl_lam<value>`` runs as a point of the sweep.
+    ``uniapl_lam<value>`` runs as a point of the sweep. ``runs``: count only these runs
+    (:func:`declared_runs`); None: every run on disk.
     """
     if methods is None:
-        methods = list(dict.fromkeys(MAIN_METHODS + ABLATIONS + discover_methods(results_dir, students)))
+        methods = list(dict.fromkeys(MAIN_METHODS + ABLATIONS + discover_methods(results_dir, students, runs)))
     teacher_len, teacher_logp = read_lengths(results_dir, "teacher"), read_logp(results_dir, "teacher")
     rows, tests = {}, {}
     for st in students:
         rows[st], internals, missing = {}, {}, []
         for m in ["teacher", "base"] + [m for m in methods if m not in ("teacher", "base")]:
-            row, internal = _method_row(results_dir, st, m, splits, metrics, teacher_len, teacher_logp)
+            row, internal = _method_row(results_dir, st, m, splits, metrics, teacher_len, teacher_logp, runs)
             if row is None:
                 missing.append(m)
             else:

@@ -39,23 +39,24 @@ def _empty(ax, text="not run"):
 
 
 # ------------------------------------------------------------------------------------- loaders
-def length_data(results_dir, student: str = "student-s", methods=DIST_METHODS) -> dict:
-    """Pooled greedy in-domain response lengths (tokens) per method and of the teacher."""
+def length_data(results_dir, student: str = "student-s", methods=DIST_METHODS, runs: set[str] | None = None) -> dict:
+    """Pooled greedy in-domain response lengths (tokens) per method and of the teacher (``runs``: see
+    ``analysis.declared_runs``)."""
     out = {"student": student, "teacher": A.read_lengths(results_dir, "teacher"), "methods": {}}
     for m in methods:
-        vals = [A.read_lengths(results_dir, n) for n in A.run_models(results_dir, student, m).values()]
+        vals = [A.read_lengths(results_dir, n) for n in A.run_models(results_dir, student, m, runs).values()]
         vals = [x for v in vals if v for x in v]
         if vals:
             out["methods"][m] = vals
     return out
 
 
-def logp_data(results_dir, student: str = "student-s", methods=DIST_METHODS) -> dict:
+def logp_data(results_dir, student: str = "student-s", methods=DIST_METHODS, runs: set[str] | None = None) -> dict:
     """Teacher-scored and self-scored mean token log-probs per method (pooled seeds), and the teacher's own."""
     out = {"student": student, "teacher": A.read_logp(results_dir, "teacher"), "teacher_scored": {}, "self_scored": {}}
     for m in methods:
         for key in ("teacher_scored", "self_scored"):
-            vals = [A.read_logp(results_dir, n, key) for n in A.run_models(results_dir, student, m).values()]
+            vals = [A.read_logp(results_dir, n, key) for n in A.run_models(results_dir, student, m, runs).values()]
             vals = [x for v in vals if v for x in v]
             if vals:
                 out[key][m] = vals
@@ -63,8 +64,10 @@ def logp_data(results_dir, student: str = "student-s", methods=DIST_METHODS) -> 
 
 
 def curves_data(runs_dir, students=A.STUDENTS, methods=("grpo", "sft->grpo", "a_sft->a_grpo", "chord", "a_chord", "uniapl"),
-                metrics=CURVE_METRICS) -> dict:
+                metrics=CURVE_METRICS, runs: set[str] | None = None) -> dict:
     """``{student: {method: {metric: {step, mean, n}}}}``: DVCLive train curves averaged over seeds per step.
+
+    ``runs``: only these run names (``runs/<student>/<slug>/seed<k>``, see ``analysis.declared_runs``).
 
     Missing TSV files are skipped (a method without a given curve simply lacks that entry).
     """
@@ -72,7 +75,8 @@ def curves_data(runs_dir, students=A.STUDENTS, methods=("grpo", "sft->grpo", "a_
     for s in students:
         out[s] = {}
         for m in methods:
-            seeds = sorted(Path(runs_dir, s, A.method_slug(m)).glob("seed*"))
+            seeds = sorted(d for d in Path(runs_dir, s, A.method_slug(m)).glob("seed*")
+                           if runs is None or f"runs/{s}/{A.method_slug(m)}/{d.name}" in runs)
             for k in metrics:
                 by_step = {}
                 for d in seeds:

@@ -51,6 +51,22 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
+def exit_fast(code: int = 0) -> None:
+    """End a finished stage script without the interpreter's teardown of torch and transformers (about
+    2.5 s per process here, x 60 stages): run the atexit handlers (logging, DVCLive, tqdm), flush stdio,
+    then ``os._exit(code)``. Call it last, from the ``__main__`` block only (never from library code or a
+    test's process), after every output is written. Under torch.distributed it returns (normal exit)."""
+    import atexit
+    import sys
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def git_revision() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()

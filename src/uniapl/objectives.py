@@ -250,6 +250,35 @@ def token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
     return -nll.view(B, T)
 
 
+def selected_logprobs(logits: Tensor, labels: Tensor, with_entropy: bool = False):
+    """log p(label) of each row, and optionally its entropy (no gradient): logits (N, V), labels (N,) ->
+    (N,) float32, (N,) float32 or None. One float32 log-softmax; the entropy reuses it."""
+    lsm = torch.log_softmax(logits.float(), dim=-1)
+    lp = lsm.gather(-1, labels[:, None]).squeeze(-1)
+    ent = None
+    if with_entropy:
+        with torch.no_grad():
+            p = lsm.exp()
+            ent = -torch.where(p > 0, p * lsm, torch.zeros((), dtype=p.dtype, device=p.device)).sum(-1)
+    return lp, ent
+
+
+def masked_token_logprobs(logits: Tensor, labels: Tensor, mask: Tensor, with_entropy: bool = False):
+    """log p(label) where ``mask`` is true, 0 elsewhere; optionally the entropy there too (no gradient).
+
+    logits (B, T, V), labels (B, T), mask (B, T) -> (B, T) float32, and (B, T) float32 or None.
+    Only the N masked positions go through the float32 log-softmax (:func:`selected_logprobs`): the
+    prompt and padding positions of a right-padded batch cost nothing there."""
+    m = mask.bool()
+    lp, ent = selected_logprobs(logits[m], labels[m], with_entropy)
+    return scatter_rows(lp, m), None if ent is None else scatter_rows(ent, m)
+
+
+def scatter_rows(values: Tensor, mask: Tensor) -> Tensor:
+    """(N,) values -> (B, T) float32 with ``values`` at the N true positions of ``mask`` (row-major), 0 elsewhere."""
+    return torch.zeros(mask.shape, dtype=torch.float32, device=values.device).masked_scatter(mask, values.float())
+
+
 def entropy_from_logits(logits: Tensor) -> Tensor:
     """Categorical entropy per position: logits (B, T, V) -> (B, T) float32. H = logsumexp(z) - sum softmax(z) z."""
     z = logits.float()

@@ -1,9 +1,9 @@
 """Rollout engines behind one interface: ``engine.generate(prompt_ids, seeds, ...) -> Rollouts``.
 
 * ``HFEngine`` (default, CPU and GPU): a batched KV-cache decoding loop over any transformers causal
-  LM. Sampling is Gumbel-max with noise from a counter-based hash of (row seed, position, token id),
-  so each row's sample depends only on its own seed (derived from (seed, step, prompt index, sample
-  index)): a rerun, a resume or a different batch layout reproduces every rollout exactly.
+  LM. Sampling is inverse-CDF with one uniform per (row seed, position) from a counter-based hash, so
+  each row's sample depends only on its own seed (derived from (seed, step, prompt index, sample index))
+  and its own logits: a rerun or a resume reproduces every rollout exactly.
 * ``VLLMEngine`` (paper scale): vLLM's offline ``LLM.generate`` with a per-request seed, and weight
   sync after each optimizer step. Written against vLLM's documented API; not run on CPU.
 """
@@ -18,6 +18,7 @@ import torch
 
 _MASK62 = (1 << 62) - 1
 _U_MASK62 = np.uint64(_MASK62)
+COMPACT_FRACTION = 0.25  # drop finished rows from the decoding batch once this share of it has finished
 
 
 def row_seed(seed: int, step: int, prompt_index: int, sample_index: int = 0) -> int:
@@ -28,19 +29,15 @@ def row_seed(seed: int, step: int, prompt_index: int, sample_index: int = 0) -> 
     return x
 
 
-def _hash_uniform(seeds: torch.Tensor, pos: int, vocab: int) -> torch.Tensor:
-    """U(0,1) noise of shape (B, V) from (seed_b, pos, v) with 64-bit mixing (no shared RNG state).
+def _hash_uniform(seeds: torch.Tensor, pos: int) -> torch.Tensor:
+    """One U(0,1) draw per row from (seed_b, pos) with 64-bit mixing (no shared RNG state): (B,) float64.
 
-    x = (seed_b + (pos+1)*C1 + v*C2) mod 2**62, two xorshift-multiply rounds mod 2**62, then the top 53 of
-    the 62 bits as a float64 in (0, 1), clamped to [1e-12, 1 - 1e-12] and rounded to float32. Computed in
-    place with numpy uint64 (wrapping mod 2**64 keeps the low 62 bits exact; logical shifts equal the
-    arithmetic shifts of the non-negative values): ~10x faster than the equivalent int64 torch ops on CPU,
-    whose 64-bit shifts are not vectorised, and bit-identical to them.
+    x = (seed_b + (pos+1)*C1) mod 2**62, two xorshift-multiply rounds mod 2**62, then the top 53 of the 62
+    bits as a float64 in (0, 1), clamped to [1e-12, 1 - 1e-12]. numpy uint64 arithmetic wraps mod 2**64,
+    which keeps the low 62 bits exact.
     """
-    s = seeds.detach().cpu().numpy().astype(np.uint64, copy=False)
-    x = np.arange(vocab, dtype=np.uint64)
-    x *= np.uint64(0x9E3779B97F4A7C15 & _MASK62)
-    x = x[None, :] + (s[:, None] + np.uint64(((pos + 1) * 0x632BE59BD9B4E019) & _MASK62))
+    x = seeds.detach().cpu().numpy().astype(np.uint64, copy=True)
+    x += np.uint64(((pos + 1) * 0x632BE59BD9B4E019) & _MASK62)
     x &= _U_MASK62
     for mul in (0x2545F4914F6CDD1D, 0x1B873593):
         x ^= x >> np.uint64(31)
@@ -49,10 +46,98 @@ def _hash_uniform(seeds: torch.Tensor, pos: int, vocab: int) -> torch.Tensor:
         x ^= x >> np.uint64(27)
     x >>= np.uint64(8)
     x &= np.uint64((1 << 53) - 1)
-    u = x.astype(np.float64)
-    u /= float(1 << 53)
-    np.clip(u, 1e-12, 1 - 1e-12, out=u)
-    return torch.from_numpy(u.astype(np.float32))
+    u = x.astype(np.float64) / float(1 << 53)
+    return torch.from_numpy(np.clip(u, 1e-12, 1 - 1e-12))
+
+
+def sample_inverse_cdf(logp: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Token ids (B,) drawn from the rows of ``logp`` (B, V; log-probs) by inverse-CDF with uniforms ``u`` (B,).
+
+    Returns the first index whose cumulative probability reaches ``u * total``: a zero-probability token
+    (log-prob -inf) is never drawn, and the draw of a row depends only on its own ``u``."""
+    cdf = logp.exp().cumsum(-1)
+    target = (u.to(cdf.device, torch.float64) * cdf[:, -1].double()).to(cdf.dtype)
+    return torch.searchsorted(cdf, target[:, None]).squeeze(-1).clamp_(max=logp.shape[-1] - 1)
+
+
+class Qwen3KVDecoder:
+    """Batched incremental decoding of a ``transformers`` Qwen3 causal LM with a preallocated KV cache.
+
+    transformers' own forward re-builds its attention mask, grows a ``DynamicCache`` by concatenation and
+    passes several wrapper layers at every decoded token: for the tiny models of the embedded world that
+    bookkeeping, not arithmetic, is most of a rollout's time. This class calls the model's own
+    submodules (embedding, rotary embedding, RMSNorms, q/k/v/o projections, MLPs, LM head) and
+    ``transformers.models.qwen3.modeling_qwen3.apply_rotary_pos_emb``; it owns only the cache (written in
+    place), the key-validity mask and the attention call (``scaled_dot_product_attention`` with GQA).
+    Its logits equal transformers' forward up to float rounding (tested). Only Qwen3 with full attention
+    in every layer qualifies (:meth:`supports`); any other model takes the generic transformers path.
+    """
+
+    def __init__(self, model, batch: int, max_len: int, device):
+        self.m = model
+        cfg = model.config
+        self.layers = model.model.layers
+        n_kv, hd = cfg.num_key_value_heads, self.layers[0].self_attn.head_dim
+        self.shape = (batch, n_kv, max_len, hd)
+        self.k: list[torch.Tensor | None] = [None] * len(self.layers)
+        self.v: list[torch.Tensor | None] = [None] * len(self.layers)
+        self.valid = torch.ones((batch, max_len), dtype=torch.bool, device=device)
+        self.length = 0
+
+    @staticmethod
+    def supports(model) -> bool:
+        cfg = getattr(model, "config", None)
+        if getattr(cfg, "model_type", None) != "qwen3" or not hasattr(model, "model"):
+            return False
+        return all(t == "full_attention" for t in (getattr(cfg, "layer_types", None) or ["full_attention"]))
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states of ``ids`` (B, S) at columns [length, length + S), written to the cache."""
+        from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
+        inner = self.m.model
+        h = inner.embed_tokens(ids)
+        cos, sin = inner.rotary_emb(h, pos)
+        B, S = ids.shape
+        a, b = self.length, self.length + S
+        for i, layer in enumerate(self.layers):
+            att = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = att.q_norm(att.q_proj(x).view(B, S, -1, att.head_dim)).transpose(1, 2)
+            k = att.k_norm(att.k_proj(x).view(B, S, -1, att.head_dim)).transpose(1, 2)
+            v = att.v_proj(x).view(B, S, -1, att.head_dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            if self.k[i] is None:
+                self.k[i] = torch.empty(self.shape, dtype=k.dtype, device=k.device)
+                self.v[i] = torch.empty(self.shape, dtype=v.dtype, device=v.device)
+            self.k[i][:, :, a:b] = k
+            self.v[i][:, :, a:b] = v
+            o = torch.nn.functional.scaled_dot_product_attention(
+                q, self.k[i][:, :, :b], self.v[i][:, :, :b], attn_mask=mask, scale=att.scaling, enable_gqa=True)
+            h = h + att.o_proj(o.transpose(1, 2).reshape(B, S, -1))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        self.length = b
+        return inner.norm(h[:, -1])
+
+    def prefill(self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Left-padded prompts (B, L) -> last-position logits (B, V). A padding query attends to itself
+        only (its output is never used; no query has an empty mask)."""
+        L = ids.shape[1]
+        self.valid[:, :L] = attn.bool()
+        causal = torch.ones((L, L), dtype=torch.bool, device=ids.device).tril()
+        mask = (causal[None] & self.valid[:, None, :L]) | torch.eye(L, dtype=torch.bool, device=ids.device)[None]
+        return self.m.lm_head(self._forward(ids, pos, mask[:, None]))
+
+    def step(self, nxt: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """One new token per row (B,) at positions ``pos`` (B, 1) -> logits (B, V)."""
+        mask = self.valid[:, None, None, : self.length + 1]
+        return self.m.lm_head(self._forward(nxt[:, None], pos, mask))
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` of the batch (finished rows leave)."""
+        self.valid = self.valid[rows]
+        for i in range(len(self.layers)):
+            if self.k[i] is not None:
+                self.k[i], self.v[i] = self.k[i][rows], self.v[i][rows]
 
 
 @dataclass
@@ -70,11 +155,15 @@ class Rollouts:
 
 
 class HFEngine:
-    """Batched decoding with a KV cache on any ``transformers`` causal LM (left-padded prompts)."""
+    """Batched decoding with a KV cache on any ``transformers`` causal LM (left-padded prompts).
 
-    def __init__(self, model, tokenizer, autocast_dtype: torch.dtype | None = torch.bfloat16):
+    Qwen3 models decode through :class:`Qwen3KVDecoder` (``fast=True``, the default); any other model,
+    or ``fast=False``, through transformers' forward with its ``DynamicCache``."""
+
+    def __init__(self, model, tokenizer, autocast_dtype: torch.dtype | None = torch.bfloat16, fast: bool = True):
         self.model, self.tok = model, tokenizer
         self.autocast_dtype = autocast_dtype
+        self.fast = fast
 
     def _autocast(self):
         device = next(self.model.parameters()).device
@@ -116,18 +205,25 @@ class HFEngine:
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         greedy = seeds is None or temperature == 0
         seed_t = None if greedy else torch.tensor(seeds, dtype=torch.int64)
-        # Finished rows leave the batch (their KV-cache rows are dropped), so a step costs what the
-        # still-running rows need. A row's noise depends only on its own seed: dropping rows changes nothing.
-        tok = torch.full((B, max_new_tokens), pad, dtype=torch.long)
-        lps = torch.zeros((B, max_new_tokens))
-        active = torch.arange(B)
+        # Finished rows leave the batch (their KV-cache rows are dropped) once a quarter of the rows in it
+        # have finished, so a step costs about what the still-running rows need without a KV-cache copy at
+        # every end-of-turn. A finished row still in the batch decodes on, but nothing of it is recorded.
+        tok = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)
+        lps = torch.zeros((B, max_new_tokens), device=device)
+        rows = torch.arange(B, device=device)  # each batch row's index in the output
+        alive = torch.ones(B, dtype=torch.bool, device=device)
         eos_t = torch.tensor([eos], dtype=torch.long, device=device)
         temp = 1.0 if greedy else temperature
         n_steps = 0
+        fast = self.fast and Qwen3KVDecoder.supports(model)
         with self._autocast():
-            # logits_to_keep=1: the prefill needs the last position's logits only (as transformers' generate).
-            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
-            cache, logits = out.past_key_values, out.logits[:, -1].float()
+            if fast:
+                dec = Qwen3KVDecoder(model, B, L + max_new_tokens, device)
+                logits = dec.prefill(ids, attn, pos).float()
+            else:
+                # logits_to_keep=1: the prefill needs the last position's logits only (as transformers' generate).
+                out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+                cache, logits = out.past_key_values, out.logits[:, -1].float()
             for t in range(max_new_tokens):
                 n_steps = t + 1
                 if t < min_new_tokens:  # end-of-turn forbidden before min_new_tokens new tokens
@@ -135,31 +231,31 @@ class HFEngine:
                 logp_all = torch.log_softmax(logits if temp == 1.0 else logits / temp, dim=-1)
                 if greedy:
                     nxt = logp_all.argmax(-1)
-                else:  # Gumbel-max: argmax(log p + G) samples from p; G = -log(-log u) = -g, g in place
-                    g = _hash_uniform(seed_t, t, logits.shape[-1]).to(device).log_().neg_().log_()
-                    nxt = (logp_all - g).argmax(-1)
+                else:
+                    nxt = sample_inverse_cdf(logp_all, _hash_uniform(seed_t, t))
                 lp = logp_all.gather(-1, nxt[:, None]).squeeze(-1)
-                nxt_c, lp_c = nxt.cpu(), lp.cpu()
-                tok[active, t] = nxt_c
-                lps[active, t] = lp_c
-                keep = nxt_c != eos
-                if not bool(keep.any()):
+                tok[rows, t] = torch.where(alive, nxt, pad)
+                lps[rows, t] = torch.where(alive, lp, 0.0)
+                alive = alive & (nxt != eos)
+                n_alive, n_rows = int(alive.sum()), alive.shape[0]  # the step's one device sync
+                if n_alive == 0:
                     break
-                if not bool(keep.all()):
-                    sel = keep.nonzero().squeeze(-1)
-                    active = active[sel]
-                    sel_d = sel.to(device)
-                    cache.batch_select_indices(sel_d)
-                    nxt, attn, pos = nxt[sel_d], attn[sel_d], pos[sel_d]
+                if n_rows - n_alive >= max(1, int(n_rows * COMPACT_FRACTION)):
+                    sel = alive.nonzero().squeeze(-1)
+                    dec.select(sel) if fast else cache.batch_select_indices(sel)
+                    rows, alive, nxt, attn, pos = rows[sel], alive[sel], nxt[sel], attn[sel], pos[sel]
                     if seed_t is not None:
-                        seed_t = seed_t[sel]
-                attn = torch.cat([attn, torch.ones((attn.shape[0], 1), dtype=attn.dtype, device=device)], dim=1)
+                        seed_t = seed_t[sel.cpu()]
                 pos = pos[:, -1:] + 1
+                if fast:
+                    logits = dec.step(nxt, pos).float()
+                    continue
+                attn = torch.cat([attn, torch.ones((attn.shape[0], 1), dtype=attn.dtype, device=device)], dim=1)
                 out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos,
                             past_key_values=cache, use_cache=True)
                 cache, logits = out.past_key_values, out.logits[:, -1].float()
         model.train(was_training)
-        tok, lps = tok[:, :n_steps], lps[:, :n_steps]
+        tok, lps = tok[:, :n_steps].cpu(), lps[:, :n_steps].cpu()
         resp, lp_list, trunc = [], [], []
         for b in range(B):
             row = tok[b].tolist()

@@ -67,21 +67,46 @@ def first_response_position(lmask: torch.Tensor) -> int:
     return max(1, int(cols[0])) if len(cols) else lmask.shape[1] - 1
 
 
-def sequence_logprobs(model, batch: Batch, with_entropy: bool = False, autocast_dtype=None):
-    """Per-token log-probs (B, T) aligned with ``batch.lmask`` (position t scores token t; t=0 gets 0).
+# Causal LMs whose forward computes exactly ``lm_head(decoder(...).last_hidden_state)`` (no logit scaling
+# or soft-capping): for these the LM head can run on the response positions alone.
+PLAIN_HEAD_MODEL_TYPES = ("qwen3", "qwen2", "llama", "mistral")
 
-    Only the positions from the first response token on go through the LM head (``logits_to_keep``,
-    accepted by every transformers causal LM): prompt positions get 0 and must be masked out."""
+
+def _plain_head(model):
+    """(decoder, lm_head) of a plain-head transformers model; None for anything else (a DeepSpeed engine
+    too: its forward must wrap every pass)."""
+    if getattr(getattr(model, "config", None), "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
+        return None
+    if not (hasattr(model, "get_decoder") and hasattr(model, "get_output_embeddings")):
+        return None
+    dec, head = model.get_decoder(), model.get_output_embeddings()
+    return None if dec is None or head is None else (dec, head)
+
+
+def sequence_logprobs(model, batch: Batch, with_entropy: bool = False, autocast_dtype=None):
+    """Per-token log-probs (B, T) aligned with ``batch.lmask`` (position t scores token t; t=0 gets 0),
+    and the per-token entropy (no gradient) when ``with_entropy``.
+
+    Every position where ``lmask`` is 0 gets 0. Only response positions go through the LM head and the
+    log-softmax: for plain-head models (``PLAIN_HEAD_MODEL_TYPES``) the head runs on the selected hidden
+    states; otherwise (a DeepSpeed engine, other architectures) the model's forward computes the logits
+    from the first response column on (``logits_to_keep``) and the response positions are selected."""
     T = batch.ids.shape[1]
     first = first_response_position(batch.lmask)
+    m = batch.lmask[:, first:].bool()
+    labels = batch.ids[:, first:][m]
+    split = _plain_head(model)
     with torch.autocast(batch.ids.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        logits = model(input_ids=batch.ids, attention_mask=batch.attn, logits_to_keep=T - first + 1).logits[:, :-1]
-    lp = O.token_logprobs(logits, batch.ids[:, first:])
-    lp = torch.nn.functional.pad(lp, (first, 0))
-    ent = None
-    if with_entropy:
-        with torch.no_grad():
-            ent = torch.nn.functional.pad(O.entropy_from_logits(logits.detach()), (first, 0))
+        if split is not None:
+            dec, head = split
+            hidden = dec(input_ids=batch.ids, attention_mask=batch.attn).last_hidden_state
+            logits = head(hidden[:, first - 1: T - 1][m])  # (N, V)
+        else:
+            logits = model(input_ids=batch.ids, attention_mask=batch.attn, logits_to_keep=T - first + 1).logits[:, :-1][m]
+    lp, ent = O.selected_logprobs(logits, labels, with_entropy)
+    lp = torch.nn.functional.pad(O.scatter_rows(lp, m), (first, 0))
+    if ent is not None:
+        ent = torch.nn.functional.pad(O.scatter_rows(ent, m), (first, 0))
     return lp, ent
 
 
@@ -181,19 +206,23 @@ class Trainer:
         from deepspeed.runtime.zero import unwrap_model_for_generation
         return unwrap_model_for_generation(self.ds_engine)
 
+    def _device(self) -> torch.device:
+        return next(self.policy.parameters()).device
+
     def _all_mean_metrics(self, metrics: dict) -> dict:
         """Metrics averaged over ranks (each rank holds an equal share of the batch)."""
         if self.world == 1:
             return metrics
         keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
-        t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+        # on the policy's device: an NCCL process group reduces CUDA tensors only
+        t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self._device())
         torch.distributed.all_reduce(t)
         return {**metrics, **{k: float(v) / self.world for k, v in zip(keys, t.tolist())}}
 
     def _all_sum(self, x: float) -> float:
         if self.world == 1:
             return x
-        t = torch.tensor([x], dtype=torch.float64)
+        t = torch.tensor([x], dtype=torch.float64, device=self._device())
         torch.distributed.all_reduce(t)
         return float(t.item())
 
