@@ -146,40 +146,27 @@ def test_chord_mu_schedule():
     assert all(a >= b for a, b in zip(mus, mus[1:]))  # monotone decay
 
 
-def test_token_logprobs_and_entropy():
-    g = torch.Generator().manual_seed(1)
-    logits = torch.randn(2, 4, 7, generator=g, dtype=torch.float64).to(torch.bfloat16)
-    labels = torch.randint(0, 7, (2, 4), generator=g)
-    ref = torch.log_softmax(logits.float(), -1).gather(-1, labels[..., None]).squeeze(-1)
-    out = O.token_logprobs(logits, labels)
-    assert out.dtype == torch.float32 and out.shape == (2, 4)
-    assert torch.allclose(out, ref, atol=1e-6)
-    p = torch.softmax(logits.float(), -1)
-    ent = O.entropy_from_logits(logits)
-    assert torch.allclose(ent, -(p * torch.log(p)).sum(-1), atol=1e-5)
-    assert torch.allclose(O.entropy_from_logits(torch.zeros(1, 1, 5)), torch.tensor([[math.log(5)]]))
-
-
-def test_masked_token_logprobs_equal_the_full_log_softmax_on_the_mask_and_zero_elsewhere():
+def test_selected_logprobs_and_entropy_equal_the_full_log_softmax_and_scatter_to_the_mask():
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(3, 5, 11, generator=g, dtype=torch.float64).float().requires_grad_()
     labels = torch.randint(0, 11, (3, 5), generator=g)
-    mask = torch.tensor([[0, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]], dtype=torch.float32)
-    lp, ent = O.masked_token_logprobs(logits, labels, mask, with_entropy=True)
+    m = torch.tensor([[0, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]], dtype=torch.bool)
+    lp_sel, ent_sel = O.selected_logprobs(logits[m], labels[m], with_entropy=True)
+    lp, ent = O.scatter_rows(lp_sel, m), O.scatter_rows(ent_sel, m)
     full = torch.log_softmax(logits, -1)
     ref = full.gather(-1, labels[..., None]).squeeze(-1)
-    m = mask.bool()
+    assert lp.dtype == torch.float32 and lp.shape == (3, 5)
     assert torch.allclose(lp[m], ref[m], atol=1e-6) and torch.all(lp[~m] == 0)
     p = full.exp()
     assert torch.allclose(ent[m], -(p * full).sum(-1)[m], atol=1e-5) and torch.all(ent[~m] == 0)
-    assert not ent.requires_grad
-    # gradients equal those of the full log-softmax restricted to the mask
-    w = torch.randn(3, 5, generator=g)
+    assert not ent_sel.requires_grad
+    w = torch.randn(3, 5, generator=g)  # gradients equal those of the full log-softmax restricted to the mask
     (g1,) = torch.autograd.grad((lp * w).sum(), logits)
-    (g2,) = torch.autograd.grad((ref * w * mask).sum(), logits)
-    assert torch.allclose(g1, g2, atol=1e-6)
-    assert torch.all(g1[~m] == 0)
-    assert O.masked_token_logprobs(logits, labels, mask)[1] is None
+    (g2,) = torch.autograd.grad((ref * w * m).sum(), logits)
+    assert torch.allclose(g1, g2, atol=1e-6) and torch.all(g1[~m] == 0)
+    assert O.selected_logprobs(logits[m], labels[m])[1] is None
+    uniform = O.selected_logprobs(torch.zeros(1, 5), torch.tensor([0]), with_entropy=True)[1]
+    assert torch.allclose(uniform, torch.tensor([math.log(5)]))
 
 
 # ----------------------------------------------------------------------------- properties

@@ -240,16 +240,6 @@ def chord_mu(step: int, total_steps: int, mu_peak: float, mu_valley: float, warm
 # ----------------------------------------------------------------------------- logits helpers
 
 
-def token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
-    """log p(label) per position: logits (B, T, V), labels (B, T) -> (B, T) float32.
-
-    Uses fused cross_entropy (no (B, T, V) log-softmax tensor kept for backward) in float32 for stability.
-    Labels equal to -100 yield 0 (mask them out)."""
-    B, T, V = logits.shape
-    nll = F.cross_entropy(logits.float().reshape(B * T, V), labels.reshape(B * T), reduction="none")
-    return -nll.view(B, T)
-
-
 def selected_logprobs(logits: Tensor, labels: Tensor, with_entropy: bool = False):
     """log p(label) of each row, and optionally its entropy (no gradient): logits (N, V), labels (N,) ->
     (N,) float32, (N,) float32 or None. One float32 log-softmax; the entropy reuses it."""
@@ -263,23 +253,6 @@ def selected_logprobs(logits: Tensor, labels: Tensor, with_entropy: bool = False
     return lp, ent
 
 
-def masked_token_logprobs(logits: Tensor, labels: Tensor, mask: Tensor, with_entropy: bool = False):
-    """log p(label) where ``mask`` is true, 0 elsewhere; optionally the entropy there too (no gradient).
-
-    logits (B, T, V), labels (B, T), mask (B, T) -> (B, T) float32, and (B, T) float32 or None.
-    Only the N masked positions go through the float32 log-softmax (:func:`selected_logprobs`): the
-    prompt and padding positions of a right-padded batch cost nothing there."""
-    m = mask.bool()
-    lp, ent = selected_logprobs(logits[m], labels[m], with_entropy)
-    return scatter_rows(lp, m), None if ent is None else scatter_rows(ent, m)
-
-
 def scatter_rows(values: Tensor, mask: Tensor) -> Tensor:
     """(N,) values -> (B, T) float32 with ``values`` at the N true positions of ``mask`` (row-major), 0 elsewhere."""
     return torch.zeros(mask.shape, dtype=torch.float32, device=values.device).masked_scatter(mask, values.float())
-
-
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Categorical entropy per position: logits (B, T, V) -> (B, T) float32. H = logsumexp(z) - sum softmax(z) z."""
-    z = logits.float()
-    return torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(-1)
