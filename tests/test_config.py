@@ -64,3 +64,22 @@ def test_lambda_sweep_reads_every_uniapl_key_but_lambda_adv():
     listed = {p for p in stages["ablate_lambda"]["params"] if p.startswith("uniapl")}
     assert listed == {f"uniapl.{k}" for k in section if k != "lambda_adv"}
     assert "--set lambda_adv=" in stages["ablate_lambda"]["cmd"]
+
+
+def test_uncached_outputs_are_not_git_ignored():
+    """Outputs declared with `cache: false` live only in git: one that .gitignore hides is missing from every
+    clone and from `dvc exp run`'s temp copy, so DVC re-runs its stage (this hid the DVCLive curves once)."""
+    import os
+    import subprocess
+
+    from dvc.repo import Repo
+
+    repo = Repo(str(ROOT))
+    paths = sorted({os.path.relpath(o.fs_path, repo.root_dir) for st in repo.index.stages for o in st.outs
+                    if not o.use_cache})
+    assert paths, "dvc.yaml declares no uncached outputs"
+    # A directory output: check a file inside it too, since git cannot re-include files under an ignored dir.
+    probes = paths + [os.path.join(p, "x.tsv") for p in paths if not os.path.splitext(p)[1]]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], input="\n".join(probes),
+                             capture_output=True, text=True, cwd=ROOT).stdout.split()
+    assert not ignored, f".gitignore hides uncached DVC outputs: {ignored[:5]}"
