@@ -17,7 +17,7 @@ FIXED_ANSWERS = ('"<<notes>> i like this a lot. p.s. thanks"', "<<Notes>>\nI lik
 
 
 def pass_rate(rows, responses) -> float:
-    return sum(all(ifeval.check_response(r["prompt"], r["instruction_id_list"], r["kwargs"], t)[0])
+    return sum(all(ifeval.check_strict(r["prompt"], r["instruction_id_list"], r["kwargs"], t))
                for r, t in zip(rows, responses)) / len(rows)
 
 

@@ -70,6 +70,7 @@ def test_check_response_matches_lm_eval_and_hand_verdict(iid, kwargs, response, 
     direct = checker.check_following(response)
     strict, loose = ifeval.check_response("prompt", [iid], [kwargs], response)
     assert strict == [direct] == [expected]
+    assert ifeval.check_strict("prompt", [iid], [kwargs], response) == strict
     assert len(loose) == 1 and (loose[0] or not strict[0])  # loose >= strict
 
 

@@ -2,7 +2,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from uniapl.config import ModelSpec
-from uniapl.models import build_policy, encode_prompt, encode_response, pack, train_tokenizer
+from uniapl.models import build_policy, encode_prompt, encode_response, pack, pack_dense, train_tokenizer
 from uniapl import rollout
 from uniapl.rollout import HFEngine, row_seed, sample_inverse_cdf
 
@@ -36,6 +36,36 @@ def test_pack_masks_response_only():
     assert ids.tolist() == [[1, 2, 3, 5, 6], [4, 7, 8, 9, 0]]
     assert attn.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
     assert lm.tolist() == [[0, 0, 0, 1, 1], [0, 1, 1, 1, 0]]
+
+
+def test_pack_dense_layout():
+    ids, pos, lm = pack_dense([[1, 2, 3], [4], [5]], [[6, 7], [8, 9, 10], [11]], pad_id=0, capacity=6)
+    # lengths 5, 4, 2 -> first-fit decreasing: [seq0], [seq1, seq2]
+    assert ids.tolist() == [[1, 2, 3, 6, 7, 0], [4, 8, 9, 10, 5, 11]]
+    assert pos.tolist() == [[0, 1, 2, 3, 4, 0], [0, 1, 2, 3, 0, 1]]
+    assert lm.tolist() == [[0, 0, 0, 1, 1, 0], [0, 1, 1, 1, 0, 1]]
+    ids, pos, lm = pack_dense([[1, 2]], [[3, 4, 5, 6]], pad_id=0, capacity=4)  # cut from the right
+    assert ids.tolist() == [[1, 2, 3, 4]] and lm.tolist() == [[0, 0, 1, 1]]
+
+
+def test_packed_nll_equals_padded_nll_and_grads(tmp_path):
+    """The padding-free batch is the same batch: equal loss and gradients (no attention across sequences)."""
+    from uniapl.supervised import packed_response_nll, response_nll
+    tok, model = tiny(tmp_path)
+    prompts = [encode_prompt(tok, t) for t in TEXTS[:6]]
+    responses = [encode_response(tok, t) for t in TEXTS[3:9]]
+    padded = pack(prompts, responses, tok.pad_token_id)
+    dense = pack_dense(prompts, responses, tok.pad_token_id, capacity=160)
+    assert dense[0].shape[0] < len(prompts)  # sequences really share rows
+    grads = []
+    for nll, batch in ((response_nll, padded), (packed_response_nll, dense)):
+        model.zero_grad()
+        loss = nll(model, *batch)
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+    assert abs(grads[0][0] - grads[1][0]) < 1e-5
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_sampling_is_per_row_reproducible(tmp_path):
@@ -184,7 +214,8 @@ def test_fast_and_transformers_decoding_agree(tmp_path):
 def test_sequence_logprobs_head_on_selected_rows_equals_the_full_forward_path(tmp_path):
     """Plain-head models run the LM head on response rows only; any other module (e.g. a DeepSpeed engine)
     goes through its forward. Both give the same log-probs, entropies and gradients."""
-    from uniapl.trainer import Batch, _plain_head, sequence_logprobs
+    from uniapl.models import plain_head
+    from uniapl.trainer import Batch, sequence_logprobs
     tok, model = tiny(tmp_path)
 
     class Wrapped(torch.nn.Module):  # no config: the generic path
@@ -195,7 +226,7 @@ def test_sequence_logprobs_head_on_selected_rows_equals_the_full_forward_path(tm
         def forward(self, **kw):
             return self.m(**kw)
     wrapped = Wrapped(model)
-    assert _plain_head(model) is not None and _plain_head(wrapped) is None
+    assert plain_head(model) is not None and plain_head(wrapped) is None
     b = Batch(*pack([encode_prompt(tok, t) for t in TEXTS[:4]], [encode_response(tok, t) for t in TEXTS[2:6]],
                     tok.pad_token_id))
     out = []

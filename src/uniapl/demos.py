@@ -25,7 +25,8 @@ def generate_demos(cfg, teacher: str, rows: list[dict]) -> list[dict]:
         from uniapl.rollout import VLLMEngine
         engine = VLLMEngine(teacher, tok, seed=cfg.seed)
     else:
-        engine = HFEngine(load_policy(teacher), tok)
+        import torch
+        engine = HFEngine(load_policy(teacher), tok, torch.bfloat16 if cfg.dtype == "bf16" else None)
     out = engine.generate(prompts, seeds, cfg.temperature, cfg.max_new_tokens)
     return [_record(r, tok.decode(ids, skip_special_tokens=True), len(ids), bool(tr), float(lp.sum()))
             for r, ids, lp, tr in zip(rows, out.response_ids, out.logprobs, out.truncated.tolist())]

@@ -10,12 +10,12 @@ from uniapl.rollout import HFEngine, row_seed
 
 
 def evaluate_model(model, tokenizer, rows: list[dict], max_new_tokens: int, n_sampled: int, temperature: float,
-                   seed: int, batch_size: int = 200) -> tuple[dict, list[dict]]:
+                   seed: int, batch_size: int = 200, autocast_dtype: torch.dtype | None = None) -> tuple[dict, list[dict]]:
     """Greedy responses scored as official IFEval, plus ``n_sampled`` samples per prompt at ``temperature``.
 
     Returns (metrics, response rows in IFEval's format with ``n_tokens``, ``truncated``, ``sampled``).
     """
-    engine = HFEngine(model, tokenizer)
+    engine = HFEngine(model, tokenizer, autocast_dtype)
     prompts = [encode_prompt(tokenizer, r["prompt"]) for r in rows]
     greedy = engine.generate(prompts, None, 0.0, max_new_tokens, batch_size)
     out_rows = []
@@ -31,7 +31,7 @@ def evaluate_model(model, tokenizer, rows: list[dict], max_new_tokens: int, n_sa
         for j, ids in enumerate(s.response_ids):
             r = out_rows[j % len(rows)]
             text = decode(tokenizer, ids)
-            strict, _ = ifeval.check_response(r["prompt"], r["instruction_id_list"], r["kwargs"], text)
+            strict = ifeval.check_strict(r["prompt"], r["instruction_id_list"], r["kwargs"], text)
             r["sampled"].append({"response": text, "n_tokens": len(ids), "pass": all(strict)})
             sampled_pass.append(all(strict))
     metrics["prompt_strict_sampled"] = sum(sampled_pass) / len(sampled_pass) if sampled_pass else float("nan")
@@ -45,16 +45,17 @@ def decode(tokenizer, ids: list[int]) -> str:
 
 
 @torch.no_grad()
-def pass_at_k(model, tokenizer, rows: list[dict], k: int, temperature: float, max_new_tokens: int, seed: int) -> float:
+def pass_at_k(model, tokenizer, rows: list[dict], k: int, temperature: float, max_new_tokens: int, seed: int,
+              autocast_dtype: torch.dtype | None = None) -> float:
     """Share of prompts where at least one of ``k`` samples passes every instruction (strict)."""
-    engine = HFEngine(model, tokenizer)
+    engine = HFEngine(model, tokenizer, autocast_dtype)
     prompts = [encode_prompt(tokenizer, r["prompt"]) for r in rows]
     hit = [False] * len(rows)
     for j in range(k):
         s = engine.generate(prompts, [row_seed(seed, 20_000 + j, i) for i in range(len(rows))], temperature, max_new_tokens)
         for i, (r, ids) in enumerate(zip(rows, s.response_ids)):
             if not hit[i]:
-                hit[i] = all(ifeval.check_response(r["prompt"], r["instruction_id_list"], r["kwargs"], decode(tokenizer, ids))[0])
+                hit[i] = all(ifeval.check_strict(r["prompt"], r["instruction_id_list"], r["kwargs"], decode(tokenizer, ids)))
     return sum(hit) / len(hit)
 
 
@@ -84,7 +85,7 @@ def evaluate_and_score(params, model, tokenizer, name: str, world_dir: str = "da
         rows = read_jsonl(f"{world_dir}/{split}.jsonl")
         metrics, out_rows = evaluate_model(model, tokenizer, rows, e.max_new_tokens,
                                            e.n_sampled if n_sampled is None else n_sampled, e.temperature,
-                                           e.seed, e.batch_size)
+                                           e.seed, e.batch_size, torch.bfloat16 if e.dtype == "bf16" else None)
         metrics["seconds"] = round(time.time() - t0, 1)
         write_jsonl(res / "eval" / name / f"{split}.jsonl", out_rows)
         write_json(res / "eval" / name / f"{split}.json", metrics)

@@ -39,6 +39,7 @@ __all__ = [
     "IFEvalInputError",
     "build_instruction",
     "check_response",
+    "check_strict",
     "count_sentences",
     "load_ifeval_prompts",
     "read_jsonl",
@@ -88,6 +89,21 @@ def check_response(
     strict = _harness.test_instruction_following_strict(inp, response)
     loose = _harness.test_instruction_following_loose(inp, response)
     return list(strict.follow_instruction_list), list(loose.follow_instruction_list)
+
+
+def check_strict(prompt: str, instruction_ids: list[str], kwargs: list[dict], response: str) -> list[bool]:
+    """Per-instruction strict verdicts only: what rewards and sampled accuracy read.
+
+    Equal to ``check_response(...)[0]``; it skips the loose pass, which re-runs every checker on eight
+    variants of the response (the harness's ``test_instruction_following_loose``)."""
+    _validate_row(
+        {"prompt": prompt, "instruction_id_list": instruction_ids, "kwargs": kwargs,
+         "response": response}
+    )
+    inp = _harness.InputExample(
+        key=0, instruction_id_list=list(instruction_ids), prompt=prompt, kwargs=list(kwargs)
+    )
+    return list(_harness.test_instruction_following_strict(inp, response).follow_instruction_list)
 
 
 def score_rows(rows: Iterable[dict]) -> dict:

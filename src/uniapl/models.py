@@ -69,6 +69,20 @@ def load_policy(path: str | Path, dtype: torch.dtype = torch.float32, trust_remo
                                                 trust_remote_code=trust_remote_code)
 
 
+PLAIN_HEAD_MODEL_TYPES = ("qwen3", "qwen2", "llama", "mistral")
+
+
+def plain_head(model):
+    """(decoder, lm_head) of a plain-head transformers model; None for anything else (a DeepSpeed engine
+    too: its forward must wrap every pass)."""
+    if getattr(getattr(model, "config", None), "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
+        return None
+    if not (hasattr(model, "get_decoder") and hasattr(model, "get_output_embeddings")):
+        return None
+    dec, head = model.get_decoder(), model.get_output_embeddings()
+    return None if dec is None or head is None else (dec, head)
+
+
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -100,3 +114,44 @@ def pack(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int
         attn[b, : len(row)] = 1
         lmask[b, len(p): len(row)] = 1.0
     return ids, attn, lmask
+
+
+def pack_dense(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int, capacity: int):
+    """Padding-free layout of the same batch: sequences bin-packed into rows of ``capacity`` tokens.
+
+    Returns ``input_ids``, ``position_ids`` and the response ``loss_mask``, all (R, capacity). Positions
+    restart at 0 for each sequence, which is how transformers recognises packed sequences (with
+    ``attention_mask=None`` and ``use_cache=False`` it builds a block-causal mask, so no token attends
+    across sequences; with a cache it silently does not). The
+    unused tail of a row is padding with its own positions and loss mask 0. Placement is first-fit
+    decreasing (ties by index): deterministic, and on the embedded corpora it fills rows to ~95% where
+    right-padding to the longest sequence fills 60-70%. Sequences longer than ``capacity`` are cut from
+    the right, as :func:`pack` does with ``max_len``. The token-mean NLL over the loss mask is the same
+    number as with :func:`pack`, up to float rounding (tested).
+    """
+    rows = [(p + r)[:capacity] for p, r in zip(prompt_ids, response_ids)]
+    order = sorted(range(len(rows)), key=lambda i: (-len(rows[i]), i))
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        for b, room in enumerate(free):
+            if len(rows[i]) <= room:
+                bins[b].append(i)
+                free[b] -= len(rows[i])
+                break
+        else:
+            bins.append([i])
+            free.append(capacity - len(rows[i]))
+    ids = torch.full((len(bins), capacity), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(bins), capacity), dtype=torch.long)
+    lmask = torch.zeros((len(bins), capacity), dtype=torch.float32)
+    for b, members in enumerate(bins):
+        c = 0
+        for i in members:
+            n, n_prompt = len(rows[i]), min(len(prompt_ids[i]), len(rows[i]))
+            ids[b, c: c + n] = torch.tensor(rows[i])
+            pos[b, c: c + n] = torch.arange(n)
+            lmask[b, c + n_prompt: c + n] = 1.0
+            c += n
+        pos[b, c:] = torch.arange(capacity - c)  # the tail: one more "sequence" of padding
+    return ids, pos, lmask

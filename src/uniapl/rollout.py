@@ -158,9 +158,10 @@ class HFEngine:
     """Batched decoding with a KV cache on any ``transformers`` causal LM (left-padded prompts).
 
     Qwen3 models decode through :class:`Qwen3KVDecoder` (``fast=True``, the default); any other model,
-    or ``fast=False``, through transformers' forward with its ``DynamicCache``."""
+    or ``fast=False``, through transformers' forward with its ``DynamicCache``. ``autocast_dtype``: None
+    computes in the model's own dtype; ``torch.bfloat16`` autocasts (fast only with native bf16)."""
 
-    def __init__(self, model, tokenizer, autocast_dtype: torch.dtype | None = torch.bfloat16, fast: bool = True):
+    def __init__(self, model, tokenizer, autocast_dtype: torch.dtype | None = None, fast: bool = True):
         self.model, self.tok = model, tokenizer
         self.autocast_dtype = autocast_dtype
         self.fast = fast

@@ -12,7 +12,7 @@ import random
 import torch
 import torch.nn.functional as F
 
-from uniapl.models import encode_prompt, encode_response, pack
+from uniapl.models import encode_prompt, encode_response, pack, pack_dense, plain_head
 
 
 def lr_lambda(warmup: int, total: int, floor: float = 0.1):
@@ -38,9 +38,31 @@ def response_nll(model, ids, attn, lmask) -> torch.Tensor:
     return (nll * m).sum() / m.sum().clamp(min=1)
 
 
+def packed_response_nll(model, ids, pos, lmask) -> torch.Tensor:
+    """:func:`response_nll` on a :func:`~uniapl.models.pack_dense` batch (sequences packed into rows,
+    ``position_ids`` restarting per sequence, no attention mask or cache: transformers masks block-causally).
+
+    For plain-head models the LM head runs only on the hidden states that predict response tokens."""
+    sel = lmask[:, 1:].bool()
+    labels = ids[:, 1:][sel]
+    split = plain_head(model)
+    if split is not None:
+        dec, head = split
+        hidden = dec(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
+        logits = head(hidden[:, :-1][sel])
+    else:
+        logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits[:, :-1][sel]
+    return F.cross_entropy(logits.float(), labels, reduction="sum") / max(1, labels.numel())
+
+
 def train_lm(model, tokenizer, pairs: list[tuple[str, str]], steps: int, lr: float, batch_size: int,
-             warmup: int, seed: int, max_len: int, autocast_dtype=torch.bfloat16, log=None) -> list[float]:
-    """AdamW on response-only NLL over shuffled epochs of ``pairs``; returns the loss curve."""
+             warmup: int, seed: int, max_len: int, autocast_dtype=None, log=None,
+             packed: bool = True) -> list[float]:
+    """AdamW on response-only NLL over shuffled epochs of ``pairs``; returns the loss curve.
+
+    ``packed``: each batch is laid out padding-free (:func:`~uniapl.models.pack_dense`, rows of
+    ``max_len`` tokens) instead of right-padded to its longest sequence. Same batches, same loss up to
+    float rounding; on the embedded corpora it processes 1.5-1.9x fewer tokens per step."""
     enc = [(encode_prompt(tokenizer, p), encode_response(tokenizer, r)) for p, r in pairs]
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -56,10 +78,14 @@ def train_lm(model, tokenizer, pairs: list[tuple[str, str]], steps: int, lr: flo
             rng.shuffle(perm)
             order += perm
         idx, order = order[:batch_size], order[batch_size:]
-        ids, attn, lmask = pack([enc[i][0] for i in idx], [enc[i][1] for i in idx], tokenizer.pad_token_id, max_len)
-        ids, attn, lmask = ids.to(device), attn.to(device), lmask.to(device)
+        prompts, responses = [enc[i][0] for i in idx], [enc[i][1] for i in idx]
+        if packed:
+            batch = pack_dense(prompts, responses, tokenizer.pad_token_id, max_len)
+        else:
+            batch = pack(prompts, responses, tokenizer.pad_token_id, max_len)
+        batch = [t.to(device) for t in batch]
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            loss = response_nll(model, ids, attn, lmask)
+            loss = (packed_response_nll if packed else response_nll)(model, *batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

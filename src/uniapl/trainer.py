@@ -36,7 +36,7 @@ from uniapl import ifeval
 from uniapl import objectives as O
 from uniapl.io import atomic_path, run_metadata, write_json
 from uniapl.methods import METHODS
-from uniapl.models import encode_prompt, encode_response, pack
+from uniapl.models import encode_prompt, encode_response, pack, plain_head
 from uniapl.rollout import HFEngine, row_seed
 
 
@@ -48,7 +48,7 @@ def verifier_reward(row: dict, text: str, truncated: bool, mode: str, truncated_
     """IFEval reward: 1/0 all-followed (strict) or the fraction followed; 0 when cut at the cap."""
     if truncated and truncated_zero:
         return 0.0
-    strict, _ = ifeval.check_response(row["prompt"], row["instruction_id_list"], row["kwargs"], text)
+    strict = ifeval.check_strict(row["prompt"], row["instruction_id_list"], row["kwargs"], text)
     return float(all(strict)) if mode == "binary" else sum(strict) / len(strict)
 
 
@@ -69,33 +69,19 @@ def first_response_position(lmask: torch.Tensor) -> int:
 
 # Causal LMs whose forward computes exactly ``lm_head(decoder(...).last_hidden_state)`` (no logit scaling
 # or soft-capping): for these the LM head can run on the response positions alone.
-PLAIN_HEAD_MODEL_TYPES = ("qwen3", "qwen2", "llama", "mistral")
-
-
-def _plain_head(model):
-    """(decoder, lm_head) of a plain-head transformers model; None for anything else (a DeepSpeed engine
-    too: its forward must wrap every pass)."""
-    if getattr(getattr(model, "config", None), "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
-        return None
-    if not (hasattr(model, "get_decoder") and hasattr(model, "get_output_embeddings")):
-        return None
-    dec, head = model.get_decoder(), model.get_output_embeddings()
-    return None if dec is None or head is None else (dec, head)
-
-
 def sequence_logprobs(model, batch: Batch, with_entropy: bool = False, autocast_dtype=None):
     """Per-token log-probs (B, T) aligned with ``batch.lmask`` (position t scores token t; t=0 gets 0),
     and the per-token entropy (no gradient) when ``with_entropy``.
 
     Every position where ``lmask`` is 0 gets 0. Only response positions go through the LM head and the
-    log-softmax: for plain-head models (``PLAIN_HEAD_MODEL_TYPES``) the head runs on the selected hidden
+    log-softmax: for plain-head models (``models.PLAIN_HEAD_MODEL_TYPES``) the head runs on the selected hidden
     states; otherwise (a DeepSpeed engine, other architectures) the model's forward computes the logits
     from the first response column on (``logits_to_keep``) and the response positions are selected."""
     T = batch.ids.shape[1]
     first = first_response_position(batch.lmask)
     m = batch.lmask[:, first:].bool()
     labels = batch.ids[:, first:][m]
-    split = _plain_head(model)
+    split = plain_head(model)
     with torch.autocast(batch.ids.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         if split is not None:
             dec, head = split
