@@ -215,7 +215,6 @@ def main() -> int:
             pre[name] = {"params": n_params(m), "steps": spec.steps, "first_loss": ls[0], "final_loss": ls[-1]}
             losses_finite[f"pretrain_{name}"] = all(math.isfinite(x) for x in ls)
         R["pretrain"] = pre
-    R["train_lm_on_device"] = {"ok": True, "note": "the pretraining above is supervised.train_lm on the device"}
 
     # 3. teacher demos + determinism --------------------------------------------------------------
     teacher, student = models["teacher"], models["student-s"]
@@ -369,7 +368,6 @@ def main() -> int:
           f"{R['determinism']['other_batch_layout_identical_rows']}/{R['determinism']['n']} rows")
     print(f"discriminator: loss {R['discriminator']['first_loss']:.3f} -> {R['discriminator']['final_loss']:.3f}, "
           f"heldout acc {R['discriminator']['heldout_pairwise_accuracy']:.2f}")
-    print(f"train_lm with the model on {a.device}: {R['train_lm_on_device']}")
     for mname, r in runs.items():
         if r["ok"]:
             f = r["final"]

@@ -9,7 +9,7 @@ import torch
 
 from uniapl.config import load_params
 from uniapl.io import atomic_path, exit_fast, read_jsonl, write_json
-from uniapl.models import build_policy, load_tokenizer, n_params
+from uniapl.models import autocast_dtype, build_policy, load_tokenizer, n_params
 from uniapl.supervised import train_lm
 
 
@@ -23,7 +23,7 @@ def main(params_path: str, name: str, world_dir: str, out: str) -> None:
     t0 = time.time()
     losses = train_lm(model, tok, [(r["prompt"], r["response"]) for r in corpus], spec.steps, spec.lr,
                       spec.batch_size, spec.warmup, p.pretrain.seed, p.pretrain.max_len,
-                      torch.bfloat16 if p.pretrain.dtype == "bf16" else None)
+                      autocast_dtype(p.pretrain.dtype))
     secs = time.time() - t0
     with atomic_path(out) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)

@@ -50,7 +50,15 @@ def test_pack_dense_layout():
 
 def test_packed_nll_equals_padded_nll_and_grads(tmp_path):
     """The padding-free batch is the same batch: equal loss and gradients (no attention across sequences)."""
-    from uniapl.supervised import packed_response_nll, response_nll
+    import torch.nn.functional as F
+
+    from uniapl.supervised import packed_response_nll
+
+    def padded_nll(model, ids, attn, lmask):  # the reference: full logits of the right-padded batch
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+        return (nll * lmask[:, 1:].reshape(-1)).sum() / lmask[:, 1:].sum()
+
     tok, model = tiny(tmp_path)
     prompts = [encode_prompt(tok, t) for t in TEXTS[:6]]
     responses = [encode_response(tok, t) for t in TEXTS[3:9]]
@@ -58,7 +66,7 @@ def test_packed_nll_equals_padded_nll_and_grads(tmp_path):
     dense = pack_dense(prompts, responses, tok.pad_token_id, capacity=160)
     assert dense[0].shape[0] < len(prompts)  # sequences really share rows
     grads = []
-    for nll, batch in ((response_nll, padded), (packed_response_nll, dense)):
+    for nll, batch in ((padded_nll, padded), (packed_response_nll, dense)):
         model.zero_grad()
         loss = nll(model, *batch)
         loss.backward()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from uniapl import ifeval
-from uniapl.models import encode_prompt, load_policy, load_tokenizer
+from uniapl.models import autocast_dtype, encode_prompt, load_policy, load_tokenizer
 from uniapl.rollout import HFEngine, row_seed
 
 
@@ -25,8 +25,7 @@ def generate_demos(cfg, teacher: str, rows: list[dict]) -> list[dict]:
         from uniapl.rollout import VLLMEngine
         engine = VLLMEngine(teacher, tok, seed=cfg.seed)
     else:
-        import torch
-        engine = HFEngine(load_policy(teacher), tok, torch.bfloat16 if cfg.dtype == "bf16" else None)
+        engine = HFEngine(load_policy(teacher), tok, autocast_dtype(cfg.dtype))
     out = engine.generate(prompts, seeds, cfg.temperature, cfg.max_new_tokens)
     return [_record(r, tok.decode(ids, skip_special_tokens=True), len(ids), bool(tr), float(lp.sum()))
             for r, ids, lp, tr in zip(rows, out.response_ids, out.logprobs, out.truncated.tolist())]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from uniapl import ifeval
-from uniapl.models import encode_prompt
+from uniapl.models import autocast_dtype, encode_prompt
 from uniapl.rollout import HFEngine, row_seed
 
 
@@ -85,7 +85,7 @@ def evaluate_and_score(params, model, tokenizer, name: str, world_dir: str = "da
         rows = read_jsonl(f"{world_dir}/{split}.jsonl")
         metrics, out_rows = evaluate_model(model, tokenizer, rows, e.max_new_tokens,
                                            e.n_sampled if n_sampled is None else n_sampled, e.temperature,
-                                           e.seed, e.batch_size, torch.bfloat16 if e.dtype == "bf16" else None)
+                                           e.seed, e.batch_size, autocast_dtype(e.dtype))
         metrics["seconds"] = round(time.time() - t0, 1)
         write_jsonl(res / "eval" / name / f"{split}.jsonl", out_rows)
         write_json(res / "eval" / name / f"{split}.json", metrics)

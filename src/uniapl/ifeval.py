@@ -74,18 +74,22 @@ def build_instruction(instruction_id: str, kwargs: dict | None) -> tuple[object,
     return checker, description
 
 
+def _example(prompt: str, instruction_ids: list[str], kwargs: list[dict], response: str):
+    _validate_row(
+        {"prompt": prompt, "instruction_id_list": instruction_ids, "kwargs": kwargs,
+         "response": response}
+    )
+    return _harness.InputExample(
+        key=0, instruction_id_list=list(instruction_ids), prompt=prompt, kwargs=list(kwargs)
+    )
+
+
 def check_response(
     prompt: str, instruction_ids: list[str], kwargs: list[dict], response: str
 ) -> tuple[list[bool], list[bool]]:
     """Per-instruction ``(strict, loose)`` verdicts, computed by the harness's own
     ``test_instruction_following_strict`` / ``_loose`` on its ``InputExample``."""
-    _validate_row(
-        {"prompt": prompt, "instruction_id_list": instruction_ids, "kwargs": kwargs,
-         "response": response}
-    )
-    inp = _harness.InputExample(
-        key=0, instruction_id_list=list(instruction_ids), prompt=prompt, kwargs=list(kwargs)
-    )
+    inp = _example(prompt, instruction_ids, kwargs, response)
     strict = _harness.test_instruction_following_strict(inp, response)
     loose = _harness.test_instruction_following_loose(inp, response)
     return list(strict.follow_instruction_list), list(loose.follow_instruction_list)
@@ -96,13 +100,7 @@ def check_strict(prompt: str, instruction_ids: list[str], kwargs: list[dict], re
 
     Equal to ``check_response(...)[0]``; it skips the loose pass, which re-runs every checker on eight
     variants of the response (the harness's ``test_instruction_following_loose``)."""
-    _validate_row(
-        {"prompt": prompt, "instruction_id_list": instruction_ids, "kwargs": kwargs,
-         "response": response}
-    )
-    inp = _harness.InputExample(
-        key=0, instruction_id_list=list(instruction_ids), prompt=prompt, kwargs=list(kwargs)
-    )
+    inp = _example(prompt, instruction_ids, kwargs, response)
     return list(_harness.test_instruction_following_strict(inp, response).follow_instruction_list)
 
 

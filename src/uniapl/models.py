@@ -69,6 +69,8 @@ def load_policy(path: str | Path, dtype: torch.dtype = torch.float32, trust_remo
                                                 trust_remote_code=trust_remote_code)
 
 
+# Causal LMs whose forward computes exactly ``lm_head(decoder(...).last_hidden_state)`` (no logit scaling
+# or soft-capping): for these the LM head can run on the response positions alone.
 PLAIN_HEAD_MODEL_TYPES = ("qwen3", "qwen2", "llama", "mistral")
 
 
@@ -81,6 +83,11 @@ def plain_head(model):
         return None
     dec, head = model.get_decoder(), model.get_output_embeddings()
     return None if dec is None or head is None else (dec, head)
+
+
+def autocast_dtype(name: str) -> torch.dtype | None:
+    """The config's ``dtype`` ("bf16" / "fp32") as an autocast dtype; None: no autocast (fp32)."""
+    return torch.bfloat16 if name == "bf16" else None
 
 
 def n_params(model: torch.nn.Module) -> int:

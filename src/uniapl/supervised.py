@@ -12,7 +12,7 @@ import random
 import torch
 import torch.nn.functional as F
 
-from uniapl.models import encode_prompt, encode_response, pack, pack_dense, plain_head
+from uniapl.models import encode_prompt, encode_response, pack_dense, plain_head
 
 
 def lr_lambda(warmup: int, total: int, floor: float = 0.1):
@@ -25,22 +25,10 @@ def lr_lambda(warmup: int, total: int, floor: float = 0.1):
     return f
 
 
-def response_nll(model, ids, attn, lmask) -> torch.Tensor:
-    """Token-mean NLL of the response tokens (positions where ``lmask`` is 1).
-
-    The LM head runs only from the first response position on (``logits_to_keep``)."""
-    T = ids.shape[1]
-    cols = lmask.any(0).nonzero()
-    first = max(1, int(cols[0])) if len(cols) else T - 1
-    logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=T - first + 1).logits[:, :-1].float()
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, first:].reshape(-1), reduction="none")
-    m = lmask[:, first:].reshape(-1)
-    return (nll * m).sum() / m.sum().clamp(min=1)
-
-
 def packed_response_nll(model, ids, pos, lmask) -> torch.Tensor:
-    """:func:`response_nll` on a :func:`~uniapl.models.pack_dense` batch (sequences packed into rows,
-    ``position_ids`` restarting per sequence, no attention mask or cache: transformers masks block-causally).
+    """Token-mean NLL of the response tokens of a :func:`~uniapl.models.pack_dense` batch (sequences packed
+    into rows, ``position_ids`` restarting per sequence, no attention mask or cache: transformers masks
+    block-causally). The token at ``t`` is scored by the logits at ``t - 1`` where ``lmask[:, t]`` is 1.
 
     For plain-head models the LM head runs only on the hidden states that predict response tokens."""
     sel = lmask[:, 1:].bool()
@@ -56,13 +44,12 @@ def packed_response_nll(model, ids, pos, lmask) -> torch.Tensor:
 
 
 def train_lm(model, tokenizer, pairs: list[tuple[str, str]], steps: int, lr: float, batch_size: int,
-             warmup: int, seed: int, max_len: int, autocast_dtype=None, log=None,
-             packed: bool = True) -> list[float]:
+             warmup: int, seed: int, max_len: int, autocast_dtype=None, log=None) -> list[float]:
     """AdamW on response-only NLL over shuffled epochs of ``pairs``; returns the loss curve.
 
-    ``packed``: each batch is laid out padding-free (:func:`~uniapl.models.pack_dense`, rows of
-    ``max_len`` tokens) instead of right-padded to its longest sequence. Same batches, same loss up to
-    float rounding; on the embedded corpora it processes 1.5-1.9x fewer tokens per step."""
+    Each batch is laid out padding-free (:func:`~uniapl.models.pack_dense`, rows of ``max_len`` tokens)
+    instead of right-padded to its longest sequence: the same loss up to float rounding, with 1.5-1.9x
+    fewer tokens per step on the embedded corpora."""
     enc = [(encode_prompt(tokenizer, p), encode_response(tokenizer, r)) for p, r in pairs]
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -78,14 +65,10 @@ def train_lm(model, tokenizer, pairs: list[tuple[str, str]], steps: int, lr: flo
             rng.shuffle(perm)
             order += perm
         idx, order = order[:batch_size], order[batch_size:]
-        prompts, responses = [enc[i][0] for i in idx], [enc[i][1] for i in idx]
-        if packed:
-            batch = pack_dense(prompts, responses, tokenizer.pad_token_id, max_len)
-        else:
-            batch = pack(prompts, responses, tokenizer.pad_token_id, max_len)
+        batch = pack_dense([enc[i][0] for i in idx], [enc[i][1] for i in idx], tokenizer.pad_token_id, max_len)
         batch = [t.to(device) for t in batch]
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            loss = (packed_response_nll if packed else response_nll)(model, *batch)
+            loss = packed_response_nll(model, *batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

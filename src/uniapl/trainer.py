@@ -36,7 +36,7 @@ from uniapl import ifeval
 from uniapl import objectives as O
 from uniapl.io import atomic_path, run_metadata, write_json
 from uniapl.methods import METHODS
-from uniapl.models import encode_prompt, encode_response, pack, plain_head
+from uniapl.models import autocast_dtype, encode_prompt, encode_response, pack, plain_head
 from uniapl.rollout import HFEngine, row_seed
 
 
@@ -67,8 +67,6 @@ def first_response_position(lmask: torch.Tensor) -> int:
     return max(1, int(cols[0])) if len(cols) else lmask.shape[1] - 1
 
 
-# Causal LMs whose forward computes exactly ``lm_head(decoder(...).last_hidden_state)`` (no logit scaling
-# or soft-capping): for these the LM head can run on the response positions alone.
 def sequence_logprobs(model, batch: Batch, with_entropy: bool = False, autocast_dtype=None):
     """Per-token log-probs (B, T) aligned with ``batch.lmask`` (position t scores token t; t=0 gets 0),
     and the per-token entropy (no gradient) when ``with_entropy``.
@@ -127,7 +125,7 @@ class Trainer:
         self.device = next(policy.parameters()).device
         if self.method.adv != "none" and discriminator is None:
             raise ValueError(f"method {cfg.method} needs a discriminator")
-        self.amp = torch.bfloat16 if cfg.dtype == "bf16" else None
+        self.amp = autocast_dtype(cfg.dtype)
         self.engine = engine or HFEngine(policy, tokenizer, self.amp)
         self.opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
         warm = max(1, cfg.warmup)
