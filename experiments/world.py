@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
+import os
 import random
 import time
 from pathlib import Path
@@ -16,9 +18,28 @@ FIXED_ANSWERS = ('"<<notes>> i like this a lot. p.s. thanks"', "<<Notes>>\nI lik
                  "<<notes>>\n* i like it\ni like it a lot. is there anything else i can help with?")
 
 
-def pass_rate(rows, responses) -> float:
-    return sum(all(ifeval.check_strict(r["prompt"], r["instruction_id_list"], r["kwargs"], t))
-               for r, t in zip(rows, responses)) / len(rows)
+def _passes(pairs: list[tuple[dict, str]]) -> list[bool]:
+    return [all(ifeval.check_strict(r["prompt"], r["instruction_id_list"], r["kwargs"], t)) for r, t in pairs]
+
+
+def pass_rates(groups: dict[str, tuple[list[dict], list[str]]], workers: int) -> dict[str, float]:
+    """Share of responses that pass every instruction (strict), per group of (rows, responses).
+
+    The checks (about 20k, mostly langdetect in the case checkers) are spread over ``workers`` forked
+    processes in fixed chunks; each verdict depends only on its (row, response), so the rates are the
+    same for any ``workers``."""
+    pairs = [(r, t) for rows, texts in groups.values() for r, t in zip(rows, texts, strict=True)]
+    chunks = [pairs[i: i + 500] for i in range(0, len(pairs), 500)]
+    if workers > 1 and "fork" in mp.get_all_start_methods():
+        with mp.get_context("fork").Pool(workers) as pool:
+            verdicts = [v for chunk in pool.map(_passes, chunks) for v in chunk]
+    else:
+        verdicts = [v for chunk in chunks for v in _passes(chunk)]
+    out, i = {}, 0
+    for name, (rows, _) in groups.items():
+        out[name] = sum(verdicts[i: i + len(rows)]) / len(rows)
+        i += len(rows)
+    return out
 
 
 def main(params_path: str, out: str) -> None:
@@ -34,13 +55,16 @@ def main(params_path: str, out: str) -> None:
     heldout_rows = splits["in_domain"][: cfg.n_heldout_base]
     heldout = [world.student_response(r, rng, cfg.follow_prob[base_name]) for r in heldout_rows]
 
+    groups = {"expert": (train, expert), **{f"student:{k}": (train, v) for k, v in students.items()},
+              **{f"fixed:{a}": (splits["in_domain"], [a] * len(splits["in_domain"])) for a in FIXED_ANSWERS}}
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    rates = pass_rates(groups, workers=cpus)
     stats = {"n": {k: len(v) for k, v in splits.items()},
-             "expert_pass_train": pass_rate(train, expert),
-             "student_writer_pass_train": {k: pass_rate(train, v) for k, v in students.items()},
+             "expert_pass_train": rates["expert"],
+             "student_writer_pass_train": {k: rates[f"student:{k}"] for k in students},
              "expert_mean_words": sum(len(t.split()) for t in expert) / len(expert),
              "student_writer_mean_words": {k: sum(len(t.split()) for t in v) / len(v) for k, v in students.items()},
-             "fixed_answer_in_domain": {a: pass_rate(splits["in_domain"], [a] * len(splits["in_domain"]))
-                                        for a in FIXED_ANSWERS}}
+             "fixed_answer_in_domain": {a: rates[f"fixed:{a}"] for a in FIXED_ANSWERS}}
     with atomic_path(out) as tmp:
         for name, rows in splits.items():
             write_jsonl(tmp / f"{name}.jsonl", rows)

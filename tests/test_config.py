@@ -83,3 +83,37 @@ def test_uncached_outputs_are_not_git_ignored():
     ignored = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], input="\n".join(probes),
                              capture_output=True, text=True, cwd=ROOT).stdout.split()
     assert not ignored, f".gitignore hides uncached DVC outputs: {ignored[:5]}"
+
+
+def _uniapl_imports(path):
+    """src/uniapl/*.py files a Python file imports (module level or inside functions)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "uniapl":
+            names = [f"uniapl.{a.name}" for a in node.names] if node.module == "uniapl" else [node.module]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.startswith("uniapl.")]
+        else:
+            continue
+        found |= {f"src/{n.replace('.', '/')}.py" for n in names if (ROOT / "src" / f"{n.replace('.', '/')}.py").exists()}
+    return found
+
+
+def test_stage_code_deps_cover_every_imported_module():
+    """Each stage depends on its script and on every uniapl module the script reaches through imports (lazy
+    ones included), so a change to, e.g., the IFEval scorer re-runs every stage that scores responses."""
+    import re
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, st in stages.items():
+        body = st.get("do", st)
+        script = re.search(r"experiments/\S+\.py", body["cmd"]).group(0)
+        need, todo = {script}, [script]
+        while todo:
+            for dep in _uniapl_imports(ROOT / todo.pop()) - need:
+                need.add(dep)
+                todo.append(dep)
+        missing = need - {d for d in body["deps"] if isinstance(d, str)}
+        assert not missing, f"dvc.yaml stage {name!r} lacks code deps {sorted(missing)}"

@@ -2,7 +2,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from uniapl.config import ModelSpec
-from uniapl.models import build_policy, encode_prompt, encode_response, pack, pack_dense, train_tokenizer
+from uniapl.models import (build_policy, encode_prompt, encode_prompts, encode_response, encode_responses, pack,
+                           pack_dense, train_tokenizer)
 from uniapl import rollout
 from uniapl.rollout import HFEngine, row_seed, sample_inverse_cdf
 
@@ -116,6 +117,14 @@ def test_sampled_logprobs_match_a_full_forward(tmp_path):
 def test_encode_response_ends_with_eos(tmp_path):
     tok, _ = tiny(tmp_path)
     assert encode_response(tok, "cats")[-1] == tok.eos_token_id
+
+
+def test_batched_encoding_equals_one_by_one(tmp_path):
+    tok, _ = tiny(tmp_path)
+    texts = TEXTS[:4] + ["", "é, \n\n* x"]
+    assert encode_prompts(tok, texts) == [encode_prompt(tok, t) for t in texts]
+    assert encode_responses(tok, texts) == [encode_response(tok, t) for t in texts]
+    assert encode_prompts(tok, []) == [] and encode_responses(tok, []) == []
 
 
 def test_sequence_logprobs_keep_only_response_positions_and_match_full_logits(tmp_path):

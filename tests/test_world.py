@@ -62,6 +62,25 @@ def test_fixed_answer_scores_low():
         assert sum(passes(r, fixed) for r in s) / len(s) < 0.25
 
 
+def test_world_stage_pass_rates_do_not_depend_on_workers():
+    """The world stage checks its ~20k responses in forked workers; the rates equal a one-process count."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("world_stage", ROOT / "experiments" / "world.py")
+    stage = importlib.util.module_from_spec(spec)
+    sys.modules["world_stage"] = stage  # the workers find the checking function by its module's name
+    spec.loader.exec_module(stage)
+    rows = world.build_splits(view(0, n_train=300))["train"]
+    rng = random.Random(0)
+    groups = {"expert": (rows, [world.expert_response(r, rng) for r in rows]),
+              "student": (rows, [world.student_response(r, rng, 0.5) for r in rows]),
+              "fixed": (rows[:40], ["i like it"] * 40)}
+    one = {k: sum(passes(r, t) for r, t in zip(*g)) / len(g[0]) for k, g in groups.items()}
+    assert stage.pass_rates(groups, workers=2) == stage.pass_rates(groups, workers=1) == one
+    assert 0 < one["student"] < one["expert"]
+
+
 WORLD_DIGEST = """
 import hashlib, json, random, sys
 sys.path.insert(0, "tests")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from uniapl import ifeval
-from uniapl.models import autocast_dtype, encode_prompt, load_policy, load_tokenizer
+from uniapl.models import autocast_dtype, encode_prompts, load_policy, load_tokenizer
 from uniapl.rollout import HFEngine, row_seed
 
 
@@ -19,7 +19,7 @@ def generate_demos(cfg, teacher: str, rows: list[dict]) -> list[dict]:
     if cfg.backend == "openai":
         return openai_demos(cfg, rows)
     tok = load_tokenizer(teacher)
-    prompts = [encode_prompt(tok, r["prompt"]) for r in rows]
+    prompts = encode_prompts(tok, [r["prompt"] for r in rows])
     seeds = [row_seed(cfg.seed, 0, i) for i in range(len(rows))]
     if cfg.backend == "vllm":
         from uniapl.rollout import VLLMEngine

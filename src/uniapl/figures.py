@@ -26,8 +26,10 @@ def _save(fig, name: str, out_dir, data, data_dir) -> list[Path]:
     out = []
     for ext in ("png", "pdf"):
         path = Path(out_dir) / f"{name}.{ext}"
+        # No creation date in the PDF (PNG has none): the same results give byte-identical figures.
+        meta = {"CreationDate": None} if ext == "pdf" else None
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight", metadata=meta)
         out.append(path)
     plt.close(fig)
     write_json(Path(data_dir) / f"{name}.json", data)

@@ -12,7 +12,7 @@ import random
 import torch
 import torch.nn.functional as F
 
-from uniapl.models import encode_prompt, encode_response, pack_dense, plain_head
+from uniapl.models import encode_prompts, encode_responses, pack_dense, plain_head
 
 
 def lr_lambda(warmup: int, total: int, floor: float = 0.1):
@@ -50,7 +50,7 @@ def train_lm(model, tokenizer, pairs: list[tuple[str, str]], steps: int, lr: flo
     Each batch is laid out padding-free (:func:`~uniapl.models.pack_dense`, rows of ``max_len`` tokens)
     instead of right-padded to its longest sequence: the same loss up to float rounding, with 1.5-1.9x
     fewer tokens per step on the embedded corpora."""
-    enc = [(encode_prompt(tokenizer, p), encode_response(tokenizer, r)) for p, r in pairs]
+    enc = list(zip(encode_prompts(tokenizer, [p for p, _ in pairs]), encode_responses(tokenizer, [r for _, r in pairs])))
     rng = random.Random(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))

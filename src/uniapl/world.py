@@ -20,8 +20,11 @@ from __future__ import annotations
 import itertools
 import random
 
-from uniapl import ifeval
 from uniapl.config import WorldConfig
+
+# `uniapl.ifeval` (lm-evaluation-harness + nltk, ~4 s to import) is imported inside the two functions that
+# need it: `uniapl.config` reads INSTRUCTION_TYPES from here when it validates params.yaml, and stages that
+# never check a response (pretrain) should not pay for the checkers.
 
 # --- the instruction types of the world ---------------------------------------------------------
 
@@ -106,6 +109,7 @@ def _compatible(types: tuple[str, ...], allow_heldout: bool) -> bool:
 
 def make_prompt(rng: random.Random, types: tuple[str, ...], topic: str, ood_kwargs: set[str] = frozenset()) -> dict:
     """One IFEval-format row (``key``, ``prompt``, ``instruction_id_list``, ``kwargs``, ``topic``)."""
+    from uniapl import ifeval
     kwargs = [_sample_kwargs(rng, t, t in ood_kwargs) for t in types]
     descriptions = [ifeval.build_instruction(t, kw)[1] for t, kw in zip(types, kwargs)]
     task = rng.choice(TASKS).format(topic=topic)
@@ -279,6 +283,7 @@ def _render(row: dict, sentences: list[str], apply: set[str], style: str, rng: r
 
 def expert_response(row: dict, rng: random.Random) -> str:
     """The teacher-style answer: 2-3 short sentences, every instruction satisfied (verified)."""
+    from uniapl import ifeval
     for _ in range(20):
         sentences = [_fill(s, row["topic"]) for s in rng.sample(_EXPERT_SENTENCES, rng.choice((2, 3)))]
         text = _render(row, sentences, set(row["instruction_id_list"]), "expert", rng)
