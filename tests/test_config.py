@@ -86,34 +86,90 @@ def test_uncached_outputs_are_not_git_ignored():
 
 
 def _uniapl_imports(path):
-    """src/uniapl/*.py files a Python file imports (module level or inside functions)."""
+    """Files of the project a Python file imports, at module level or inside functions: src/uniapl modules
+    (absolute or relative imports) and sibling scripts of experiments/. An import of uniapl that resolves to
+    no file fails, so a new import form cannot slip past the check below."""
     import ast
+
+    src = ROOT / "src"
+    rel = path.relative_to(ROOT).as_posix()
+    package = rel[len("src/"):-len(".py")].split("/")[:-1] if rel.startswith("src/") else []
+
+    def module_file(dotted):
+        for cand in (f"{dotted.replace('.', '/')}.py", f"{dotted.replace('.', '/')}/__init__.py"):
+            if (src / cand).exists():
+                return f"src/{cand}"
+        return None
 
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "uniapl":
-            names = [f"uniapl.{a.name}" for a in node.names] if node.module == "uniapl" else [node.module]
-        elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names if a.name.startswith("uniapl.")]
+        if isinstance(node, ast.Import):
+            mods = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against this file's package
+                assert package, f"{rel}: relative import outside a package"
+                parent = package[: len(package) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            # `from pkg import name`: name is a submodule, or an attribute of pkg itself
+            mods = [f"{base}.{a.name}" if module_file(f"{base}.{a.name}") else base for a in node.names]
         else:
             continue
-        found |= {f"src/{n.replace('.', '/')}.py" for n in names if (ROOT / "src" / f"{n.replace('.', '/')}.py").exists()}
+        for mod in mods:
+            if mod.split(".")[0] == "uniapl":
+                f = module_file(mod)
+                assert f, f"{rel}: cannot resolve `{mod}` to a file under src/"
+                found.add(f)
+            elif (ROOT / "experiments" / f"{mod}.py").exists() and rel.startswith("experiments/"):
+                found.add(f"experiments/{mod}.py")
     return found
 
 
 def test_stage_code_deps_cover_every_imported_module():
-    """Each stage depends on its script and on every uniapl module the script reaches through imports (lazy
-    ones included), so a change to, e.g., the IFEval scorer re-runs every stage that scores responses."""
+    """Each stage depends on its scripts and on every uniapl module they reach through imports (lazy
+    ones included), so a change to, e.g., the IFEval scorer re-runs every stage that scores responses.
+    (src/uniapl/__init__.py must stay empty, or it becomes a dependency of every stage.)"""
     import re
 
+    assert not (ROOT / "src" / "uniapl" / "__init__.py").read_text().strip(), \
+        "src/uniapl/__init__.py has code: add it to every stage's deps and to this test"
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name, st in stages.items():
         body = st.get("do", st)
-        script = re.search(r"experiments/\S+\.py", body["cmd"]).group(0)
-        need, todo = {script}, [script]
+        scripts = set(re.findall(r"experiments/\S+\.py", body["cmd"]))
+        assert scripts, f"dvc.yaml stage {name!r} runs no experiments/ script"
+        need, todo = set(scripts), list(scripts)
         while todo:
-            for dep in _uniapl_imports(ROOT / todo.pop()) - need:
+            for dep in _uniapl_imports(ROOT / todo.pop()) - need - {"src/uniapl/__init__.py"}:
                 need.add(dep)
                 todo.append(dep)
         missing = need - {d for d in body["deps"] if isinstance(d, str)}
         assert not missing, f"dvc.yaml stage {name!r} lacks code deps {sorted(missing)}"
+
+
+def test_import_walker_resolves_every_form(tmp_path):
+    """The walker behind the deps check follows absolute, relative and `from uniapl import` forms, lazy
+    imports inside functions, and fails on a uniapl import it cannot resolve."""
+    probe = ROOT / "src" / "uniapl" / "_walker_probe.py"
+    probe.write_text("import uniapl.io as io_\nfrom . import models\nfrom .world import INSTRUCTION_TYPES\n"
+                     "from uniapl import ifeval\ndef f():\n    from uniapl.trainer import Trainer\n")
+    try:
+        assert _uniapl_imports(probe) == {f"src/uniapl/{m}.py" for m in ("io", "models", "world", "ifeval", "trainer")}
+        probe.write_text("from uniapl.no_such_module import x\n")
+        with pytest.raises(AssertionError, match="cannot resolve"):
+            _uniapl_imports(probe)
+    finally:
+        probe.unlink()
+
+
+def test_loading_params_does_not_import_the_checkers():
+    """load_params validates instruction types against uniapl.world, which imports the IFEval checkers
+    (lm-evaluation-harness, nltk: seconds of import) only where it checks responses."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from uniapl.config import load_params; load_params(sys.argv[1]); "
+            "print(sorted(m for m in ('lm_eval', 'nltk', 'langdetect', 'uniapl.ifeval') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT / "params.yaml")], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]", out
