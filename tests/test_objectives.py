@@ -169,6 +169,28 @@ def test_selected_logprobs_and_entropy_equal_the_full_log_softmax_and_scatter_to
     assert torch.allclose(uniform, torch.tensor([math.log(5)]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n", [1, 255, 256, 257, 700])
+def test_selected_logprobs_blocks_are_bitwise_equal_to_one_block(n, dtype):
+    """Working in row blocks is a speed change only: log-probs, entropies and the logits' gradient are
+    bit-for-bit those of a single block (so recorded runs stay valid)."""
+    g = torch.Generator().manual_seed(n)
+    logits = (torch.randn(n, 301, generator=g) * 4).to(dtype)
+    logits[0, :7] = -300.0  # underflowing probabilities take the entropy's p == 0 branch
+    labels = torch.randint(0, 301, (n,), generator=g)
+    w = torch.randn(n, generator=g)
+    outs = []
+    for rows in (n, 1, 7, 256):
+        x = logits.clone().requires_grad_()
+        lp, ent = O.selected_logprobs(x, labels, with_entropy=True, block_rows=rows)
+        (lp * w).sum().backward()
+        outs.append((lp.detach(), ent, x.grad))
+    for other in outs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(outs[0], other))
+    with pytest.raises(ValueError, match="logits has 1 rows but labels has 2"):
+        O.selected_logprobs(logits[:1], torch.zeros(2, dtype=torch.long))
+
+
 # ----------------------------------------------------------------------------- properties
 
 
