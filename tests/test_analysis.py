@@ -13,6 +13,7 @@ import torch
 from scipy import stats
 
 from uniapl import analysis as A
+from uniapl.compare import compare_summaries
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -249,3 +250,56 @@ def test_score_mean_logprobs_matches_naive_loop():
     ppl = A.perplexity(model, tok, list(zip(prompts, responses)), batch_size=2)
     n = [len(encode_response(tok, r)) for r in responses]
     assert ppl == pytest.approx(math.exp(-sum(x * k for x, k in zip(naive, n)) / sum(n)), rel=1e-5)
+
+
+# ------------------------------------------------------------------------ comparing two summaries
+def _committed_summary() -> dict:
+    return json.loads((ROOT / "results" / "summary.json").read_text())
+
+
+def test_compare_summaries_of_a_tree_with_itself_shows_no_shift_and_equal_claims():
+    s = _committed_summary()
+    cmp = compare_summaries(s, s)
+    assert cmp["only_a"] == [] and cmp["only_b"] == []
+    assert len(cmp["rows"]) == sum(len(r) for r in s["rows"].values())
+    for r in cmp["rows"]:
+        for sp in A.SPLITS:
+            if sp in r:
+                assert r[sp]["welch"]["diff"] == 0.0
+                assert r[sp]["welch"]["p"] == 1.0 or math.isnan(r[sp]["welch"]["p"])
+    assert all(c["a"] == c["b"] for c in cmp["claims"])
+
+
+def test_compare_summaries_reports_a_shift_a_missing_method_and_changed_verdicts():
+    a = _committed_summary()
+    b = json.loads(json.dumps(a))
+    vals = b["rows"]["student-s"]["uniapl"]["in_domain"]["prompt_strict"]
+    vals["values"] = [v + 0.2 for v in vals["values"]]
+    vals["mean"] += 0.2
+    # A has UniAPL clearly behind GRPO, B clearly ahead: the claim's verdict must differ between sides
+    for tree, diff in ((a, -0.2), (b, 0.2)):
+        for student in ("student-s", "student-m"):
+            tree["tests"][student]["uniapl_vs_grpo"]["in_domain"]["welch"] = {"diff": diff, "t": 9.0, "p": 1e-4}
+    del b["rows"]["student-s"]["chord"]
+    cmp = compare_summaries(a, b)
+    row = next(r for r in cmp["rows"] if r["student"] == "student-s" and r["method"] == "uniapl")
+    assert row["in_domain"]["welch"]["diff"] == pytest.approx(0.2)
+    assert row["in_domain"]["welch"]["p"] < 0.05
+    assert cmp["only_a"] == ["student-s/chord"] and cmp["only_b"] == []
+    beats = next(c for c in cmp["claims"] if c["claim"] == "UniAPL beats GRPO")
+    assert beats["a"] == "not replicated" and beats["b"] == "replicated"
+
+
+def test_compare_summaries_cli_writes_markdown_and_rejects_a_non_summary(tmp_path):
+    mod = _load("compare_summaries")
+    src = ROOT / "results" / "summary.json"
+    out = tmp_path / "cmp.md"
+    mod.main(str(src), str(src), ("host A", "host B"), str(out), str(tmp_path / "cmp.json"))
+    text = out.read_text()
+    assert "| student-s | uniapl |" in text and "| UniAPL beats GRPO |" in text and "+0.0 (1)" in text
+    assert json.loads((tmp_path / "cmp.json").read_text())["metric"] == "prompt_strict"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rows": {}}')
+    with pytest.raises(SystemExit, match="bad.json: not a summary.json"):
+        mod.main(str(src), str(bad), ("a", "b"), str(tmp_path / "x.md"))
+    assert not (tmp_path / "x.md").exists()
