@@ -25,6 +25,19 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
+# Optional: `make repro CPU_ISA=avx2` pins PyTorch's, MKL's and oneDNN's x86 kernels to AVX2. On an AVX-512
+# host this reproduces the committed world and pretrained models bit for bit (they were made on an AVX2-only
+# host); sampled generation still differs in rare near-ties (README, "Reproducibility across CPUs").
+# Default: native kernels (fastest).
+CPU_ISA ?= native
+ifeq ($(CPU_ISA),avx2)
+repro quick: export ATEN_CPU_CAPABILITY := avx2
+repro quick: export MKL_CBWR := AVX2
+repro quick: export ONEDNN_MAX_CPU_ISA := AVX2
+else ifneq ($(CPU_ISA),native)
+$(error CPU_ISA must be 'native' or 'avx2', not '$(CPU_ISA)')
+endif
+
 # `dvc repro` of the embedded default, with a per-stage wall-clock table (results/timing/repro.json).
 repro: setup
 	$(BIN)/python experiments/timed_repro.py

@@ -19,6 +19,18 @@ from pathlib import Path
 STAGE = re.compile(r"^Running stage '([^']+)'")
 
 
+def cpu_facts() -> dict:
+    """The x86 kernel selection the stages ran with: PyTorch's CPU capability and the ISA-pinning variables."""
+    facts = {k: os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}
+    try:  # in a child, so the capability reflects the environment the stages see
+        facts["torch_cpu_capability"] = subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+            capture_output=True, text=True, timeout=120).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        facts["torch_cpu_capability"] = None
+    return facts
+
+
 def timed_repro(args: list[str], out: str | Path | None, cwd: str | Path = ".") -> dict:
     t0 = time.time()
     times: dict[str, float] = {}
@@ -40,7 +52,7 @@ def timed_repro(args: list[str], out: str | Path | None, cwd: str | Path = ".") 
     if current:
         times[current] = round(time.time() - started, 1)
     result = {"returncode": rc, "total_seconds": round(time.time() - t0, 1), "stages": times,
-              "cpu_count": os.cpu_count(), "args": args}
+              "cpu_count": os.cpu_count(), "args": args, "cpu": cpu_facts()}
     if out:
         p = Path(cwd) / out
         p.parent.mkdir(parents=True, exist_ok=True)
