@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -53,11 +53,9 @@ def test_make_repro_rejects_unknown_cpu_isa(tmp_path):
 
 
 def test_timed_repro_records_the_kernel_selection(monkeypatch):
-    sys.path.insert(0, str(ROOT / "experiments"))
-    try:
-        import timed_repro
-    finally:
-        sys.path.remove(str(ROOT / "experiments"))
+    spec = importlib.util.spec_from_file_location("timed_repro_script", ROOT / "experiments/timed_repro.py")
+    timed_repro = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(timed_repro)
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
     facts = timed_repro.cpu_facts()
     assert facts["ATEN_CPU_CAPABILITY"] == "default"
