@@ -26,7 +26,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 # Optional: `make repro CPU_ISA=avx2` pins PyTorch's, MKL's and oneDNN's x86 kernels to AVX2. On an AVX-512
-# host this reproduces the committed pretrained models bit for bit (they were made on an AVX2-only host); sampled generation still differs in rare near-ties (README, "Reproducibility across CPUs").
+# host this reproduces the committed pretrained models bit for bit (they were made on an AVX2-only host); sampled generation still differs in rare near-ties (docs/reproducibility.md).
 # Default: native kernels (fastest).
 CPU_ISA ?= native
 ifeq ($(CPU_ISA),avx2)

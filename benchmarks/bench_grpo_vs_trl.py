@@ -7,7 +7,7 @@ exactly 64 tokens per optimizer step (end-of-turn forbidden before 64 tokens: ``
 chat-template prompts of exactly 30 tokens; beta=0; one optimizer pass per batch; fp32; no gradient
 checkpointing; lr 1e-6; grad clip 1.0; temperature 1.0.
 
-Reward: the same IFEval verifier on both sides (``uniapl.trainer.verifier_reward``, binary strict, with
+Reward: the same IFEval verifier on both sides (``uniapl.ifeval.verifier_reward``, binary strict, with
 ``truncated_zero_reward=False`` so the checkers really run on all 128 completions each step; TRL gets it
 as a reward function reading the row's instructions from dataset columns).
 
@@ -119,7 +119,7 @@ def load(work: Path, threads: int):
 
 
 def ifeval_reward(row: dict, text: str) -> float:
-    from uniapl.trainer import verifier_reward
+    from uniapl.ifeval import verifier_reward
     return verifier_reward(row, text, False, "binary", False)
 
 
@@ -258,7 +258,7 @@ def main() -> None:
               f"{info['n_rows']} prompt rows; {N_PROMPTS_PER_STEP} prompts x {GROUP} = {N_PROMPTS_PER_STEP * GROUP} "
               f"completions of {COMPLETION_TOKENS} tokens per step; fp32; threads {a.threads}; "
               f"{a.warmup} warm-up + {a.steps} measured steps per side", flush=True)
-        print("reward: IFEval verifier (uniapl.trainer.verifier_reward, binary strict, run on every completion) "
+        print("reward: IFEval verifier (uniapl.ifeval.verifier_reward, binary strict, run on every completion) "
               "on both sides", flush=True)
         res = {}
         for side in ("ours", "trl"):

@@ -1,7 +1,7 @@
 """Does ``dtype=bf16`` (torch autocast around the policy forward) survive the DeepSpeed engine's forward?
 
 ``experiments/train.py --deepspeed --set dtype=bf16`` wraps the forward of ``trainer.ds_engine`` in
-``torch.autocast(bf16)`` (``uniapl.trainer.sequence_logprobs``); its DeepSpeed config has no
+``torch.autocast(bf16)`` (``uniapl.models.sequence_logprobs``); its DeepSpeed config has no
 ``torch_autocast`` section. DeepSpeed 0.19.8's ``engine.forward`` runs the module inside
 ``runtime.torch_autocast.autocast_if_enabled``, which, when ``torch.is_autocast_enabled()`` (CUDA autocast)
 is on and the engine's own ``torch_autocast`` is off, warns and runs the module with autocast DISABLED.

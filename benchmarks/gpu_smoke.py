@@ -51,19 +51,24 @@ os.environ.setdefault("UNIAPL_NLTK_DATA", str(WORK / "nltk_data"))
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from transformers import Qwen3Config  # noqa: E402
 
 from uniapl import ifeval, world  # noqa: E402
 from uniapl.config import TrainConfig, load_params  # noqa: E402
 from uniapl.discriminator import Discriminator, pairwise_accuracy, train_contrastive  # noqa: E402
 from uniapl.evaluate import evaluate_model  # noqa: E402
 from uniapl.methods import METHODS  # noqa: E402
-from uniapl.models import build_policy, encode_prompt, encode_response, n_params, train_tokenizer  # noqa: E402
+from uniapl.models import build_policy, encode_prompt, encode_response, n_params, tiny_qwen3_config, train_tokenizer  # noqa: E402,E501
 from uniapl.rollout import HFEngine, row_seed  # noqa: E402
 from uniapl.supervised import train_lm  # noqa: E402
 from uniapl.trainer import Trainer  # noqa: E402
 
-from experiments.world import pass_rate  # noqa: E402
+from experiments.world import pass_rates  # noqa: E402
+
+
+def pass_rate(rows: list[dict], texts: list[str]) -> float:
+    """Share of ``texts`` passing every instruction of their row (strict), as the world stage counts it."""
+    return pass_rates({"all": (rows, texts)}, workers=1)["all"]
+
 
 T_IMPORTS = time.time() - T_START
 
@@ -273,9 +278,8 @@ def main() -> int:
         n_test = max(4, len(triples) // 5)
         test, dtrain = triples[:n_test], triples[n_test:]
         d = params.discriminator
-        dcfg = Qwen3Config(vocab_size=len(tok), hidden_size=d.hidden_size, intermediate_size=d.intermediate_size,
-                           num_hidden_layers=d.num_layers, num_attention_heads=d.num_heads,
-                           num_key_value_heads=d.num_kv_heads, head_dim=d.head_dim, max_position_embeddings=1024)
+        dcfg = tiny_qwen3_config(d, len(tok), pad_token_id=None, eos_token_id=None, max_positions=1024,
+                                 tie_word_embeddings=False)  # as experiments/discriminator.py: a score head
         torch.manual_seed(d.seed)
         disc = Discriminator.from_config(dcfg, tok, style="embedded", max_length=S["disc_max_len"]).to(device)
         hist = []

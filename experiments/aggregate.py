@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 
 from uniapl import analysis as A
+from uniapl.errors import run_stage
 from uniapl.io import atomic_path, exit_fast, write_json
 
 DASH = "–"
@@ -172,5 +173,6 @@ if __name__ == "__main__":
     ap.add_argument("--all-runs", action="store_true",
                     help="count every run on disk, not only those dvc.yaml declares for the current params")
     a = ap.parse_args()
-    main(a.results, a.out, a.tables, a.students, a.methods, a.params, None if a.all_runs else A.declared_runs("."))
+    run_stage(lambda: main(a.results, a.out, a.tables, a.students, a.methods, a.params,
+                           None if a.all_runs else A.declared_runs(".")))
     exit_fast()

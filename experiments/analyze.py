@@ -15,6 +15,7 @@ from pathlib import Path
 
 from uniapl import analysis as A
 from uniapl import figures as F
+from uniapl.errors import UserError, run_stage
 from uniapl.io import exit_fast
 
 
@@ -32,7 +33,7 @@ def make_figure(name: str, results_dir="results", runs_dir="runs", out_dir="figu
         return F.plot_logp_distribution(F.logp_data(results_dir, student, runs=runs), out_dir, data_dir)
     if name == "training_curves":
         return F.plot_training_curves(F.curves_data(runs_dir, runs=runs), out_dir, data_dir)
-    raise SystemExit(f"unknown figure {name!r}; choose from {F.FIGURES} or all")
+    raise UserError(f"unknown figure {name!r} (--figure); choose from {F.FIGURES} or all")
 
 
 if __name__ == "__main__":
@@ -46,7 +47,10 @@ if __name__ == "__main__":
     ap.add_argument("--all-runs", action="store_true",
                     help="count every run on disk, not only those dvc.yaml declares for the current params")
     a = ap.parse_args()
-    declared = None if a.all_runs or a.figure in ("main_results", "lambda_adv_sweep") else A.declared_runs(".")
-    for n in F.FIGURES if a.figure == "all" else [a.figure]:
-        print(n, [str(p) for p in make_figure(n, a.results, a.runs, a.out, a.data_out, a.student, declared)])
+
+    def main():
+        declared = None if a.all_runs or a.figure in ("main_results", "lambda_adv_sweep") else A.declared_runs(".")
+        for n in F.FIGURES if a.figure == "all" else [a.figure]:
+            print(n, [str(p) for p in make_figure(n, a.results, a.runs, a.out, a.data_out, a.student, declared)])
+    run_stage(main)
     exit_fast()

@@ -6,7 +6,7 @@ p-value of B's seeds against A's, and each paper claim's verdict under A and und
 writes the full comparison.
 
     python experiments/compare_summaries.py results/summary.json results/crosshost/summary_avx512.json \\
-        --labels "AVX2 host" "AVX-512 host" --out paper/crosshost.md
+        --labels "AVX2-only EPYC 2026-11-28" "AVX-512 Zen 4 EPYC 2026-11-29" --out paper/crosshost.md
 """
 
 from __future__ import annotations

@@ -16,10 +16,10 @@ import torch
 
 from uniapl.config import load_params
 from uniapl.discriminator import Discriminator, pairwise_accuracy, train_contrastive
+from uniapl.errors import run_stage
 from uniapl.io import atomic_path, exit_fast, read_jsonl, write_json
-from uniapl.models import encode_prompt, load_policy, load_tokenizer
+from uniapl.models import encode_prompt, load_policy, load_tokenizer, tiny_qwen3_config
 from uniapl.rollout import HFEngine, row_seed
-from transformers import Qwen3Config
 
 
 def sample(model_dir: str, prompts: list[str], seed: int, max_new_tokens: int) -> list[str]:
@@ -35,7 +35,7 @@ def main(params_path: str, models: str, demos_path: str, out: str) -> None:
     d = p.discriminator
     torch.set_num_threads(p.pretrain.threads)
     t0 = time.time()
-    demos = read_jsonl(demos_path)
+    demos = read_jsonl(demos_path, keys=("prompt", "response"))
     rng = random.Random(d.seed)
     rows = rng.sample(demos, min(d.n_prompts, len(demos)))
     prompts = [r["prompt"] for r in rows]
@@ -57,9 +57,8 @@ def main(params_path: str, models: str, demos_path: str, out: str) -> None:
     n_test = max(30, len(triples) // 10)
     test, train = triples[:n_test], triples[n_test:]
     tok = load_tokenizer(f"{models}/teacher")
-    cfg = Qwen3Config(vocab_size=len(tok), hidden_size=d.hidden_size, intermediate_size=d.intermediate_size,
-                      num_hidden_layers=d.num_layers, num_attention_heads=d.num_heads,
-                      num_key_value_heads=d.num_kv_heads, head_dim=d.head_dim, max_position_embeddings=1024)
+    cfg = tiny_qwen3_config(d, len(tok), pad_token_id=None, eos_token_id=None, max_positions=1024,
+                            tie_word_embeddings=False)  # a score head: no LM head to tie
     torch.manual_seed(d.seed)
     disc = Discriminator.from_config(cfg, tok, style="embedded", max_length=d.max_length)
     before = pairwise_accuracy(disc, test)
@@ -84,5 +83,5 @@ if __name__ == "__main__":
     ap.add_argument("--demos", default="data/teacher_demos.jsonl")
     ap.add_argument("--out", default="models/discriminator")
     a = ap.parse_args()
-    main(a.params, a.models, a.demos, a.out)
+    run_stage(main, a.params, a.models, a.demos, a.out)
     exit_fast()

@@ -12,6 +12,7 @@ import argparse
 import torch
 
 from uniapl.config import load_params
+from uniapl.errors import run_stage
 from uniapl.evaluate import evaluate_and_score
 from uniapl.io import exit_fast
 from uniapl.models import load_policy, load_tokenizer
@@ -21,6 +22,8 @@ def main(params_path: str, model_dir: str, name: str, splits: list[str], world_d
     p = load_params(params_path)
     torch.set_num_threads(p.pretrain.threads)
     tok = load_tokenizer(model_dir)
+    if teacher is not None:
+        load_tokenizer(teacher)  # a wrong --teacher fails now, not after the evaluation
     model = load_policy(model_dir)
     if torch.cuda.is_available():
         model = model.cuda()
@@ -37,5 +40,5 @@ if __name__ == "__main__":
     ap.add_argument("--teacher", default="models/teacher",
                     help="scorer of the log-prob analysis; 'self' when the model is the teacher")
     a = ap.parse_args()
-    main(a.params, a.model, a.name, a.splits, a.world, None if a.teacher == "self" else a.teacher)
+    run_stage(main, a.params, a.model, a.name, a.splits, a.world, None if a.teacher == "self" else a.teacher)
     exit_fast()

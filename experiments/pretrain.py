@@ -8,6 +8,7 @@ import time
 import torch
 
 from uniapl.config import load_params
+from uniapl.errors import UserError, run_stage
 from uniapl.io import atomic_path, exit_fast, read_jsonl, write_json
 from uniapl.models import autocast_dtype, build_policy, load_tokenizer, n_params
 from uniapl.supervised import train_lm
@@ -15,10 +16,13 @@ from uniapl.supervised import train_lm
 
 def main(params_path: str, name: str, world_dir: str, out: str) -> None:
     p = load_params(params_path)
+    if name not in p.pretrain.models:
+        raise UserError(f"{params_path}: pretrain.models has no model {name!r} (--model); "
+                        f"it has {sorted(p.pretrain.models)}")
     spec = p.pretrain.models[name]
     torch.set_num_threads(p.pretrain.threads)
+    corpus = read_jsonl(f"{world_dir}/corpus_{spec.corpus}.jsonl", keys=("prompt", "response"))
     tok = load_tokenizer(f"{world_dir}/tokenizer")
-    corpus = read_jsonl(f"{world_dir}/corpus_{spec.corpus}.jsonl")
     model = build_policy(spec, tok, seed=p.pretrain.seed)
     t0 = time.time()
     losses = train_lm(model, tok, [(r["prompt"], r["response"]) for r in corpus], spec.steps, spec.lr,
@@ -41,5 +45,5 @@ if __name__ == "__main__":
     ap.add_argument("--world", default="data/world")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    main(a.params, a.model, a.world, a.out or f"models/{a.model}")
+    run_stage(main, a.params, a.model, a.world, a.out or f"models/{a.model}")
     exit_fast()

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from timed_repro import timed_repro  # noqa: E402
 
 from uniapl.config import deep_merge, load_params  # noqa: E402
+from uniapl.errors import MissingPathError, run_stage  # noqa: E402
 
 
 def repo_files(root: Path) -> list[str]:
@@ -42,6 +43,8 @@ def pipeline_outputs(root: Path) -> list[str]:
 
 def make_copy(dest: Path, profile: Path) -> Path:
     """A fresh copy of the repo at ``dest`` with the profile merged into params.yaml (validated)."""
+    if not profile.is_file():
+        raise MissingPathError(f"{profile}: no such profile file (--profile)")
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -78,4 +81,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_stage(main))

@@ -13,13 +13,14 @@ import torch
 
 from uniapl.config import load_params
 from uniapl.demos import generate_demos
+from uniapl.errors import run_stage
 from uniapl.io import exit_fast, read_jsonl, write_json, write_jsonl
 
 
 def main(params_path: str, teacher: str, world_dir: str, out: str) -> None:
     p = load_params(params_path)
     torch.set_num_threads(p.pretrain.threads)
-    rows = read_jsonl(f"{world_dir}/train.jsonl")
+    rows = read_jsonl(f"{world_dir}/train.jsonl", keys=("key", "prompt", "instruction_id_list", "kwargs"))
     if p.teacher_demos.n_prompts is not None:  # the first n training prompts (the world shuffles them)
         rows = rows[: p.teacher_demos.n_prompts]
     t0 = time.time()
@@ -41,5 +42,5 @@ if __name__ == "__main__":
     ap.add_argument("--world", default="data/world")
     ap.add_argument("--out", default="data/teacher_demos.jsonl")
     a = ap.parse_args()
-    main(a.params, a.teacher, a.world, a.out)
+    run_stage(main, a.params, a.teacher, a.world, a.out)
     exit_fast()

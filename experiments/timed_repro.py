@@ -73,5 +73,7 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     out = "results/timing/repro.json"
     if argv[:1] == ["--out"]:
+        if len(argv) < 2:
+            sys.exit("error: --out expects a path")
         out, argv = argv[1], argv[2:]
     sys.exit(timed_repro(argv, out)["returncode"])

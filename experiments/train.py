@@ -21,6 +21,7 @@ import yaml
 
 from uniapl.config import deep_merge, load_params, run_config
 from uniapl.discriminator import Discriminator
+from uniapl.errors import MissingPathError, UserError, run_stage
 from uniapl.io import atomic_path, exit_fast, read_jsonl, run_metadata, write_json
 from uniapl.methods import METHODS
 from uniapl.models import load_policy, load_tokenizer
@@ -31,10 +32,19 @@ def parse_sets(items: list[str]) -> dict:
     out = {}
     for it in items:
         if "=" not in it:
-            raise SystemExit(f"--set expects key=value, got {it!r}")
+            raise UserError(f"--set expects key=value, got {it!r}")
         k, v = it.split("=", 1)
-        out[k] = yaml.safe_load(v)
+        try:
+            out[k] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise UserError(f"--set {it!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
     return out
+
+
+def require_dir(path: str, made_by: str) -> None:
+    """Fail early (before any training) on an input directory that is not there."""
+    if not Path(path).is_dir():
+        raise MissingPathError(f"{path}: no such directory ({made_by})")
 
 
 def param_digest(model: torch.nn.Module) -> dict:
@@ -89,6 +99,19 @@ def main() -> None:
     if a.deepspeed:
         extra["distributed"] = "deepspeed"
     cfg = run_config(params, a.method, a.student, a.seed, extra)
+    adv = METHODS[cfg.method].adv != "none"
+    if adv and params.discriminator.source != "polar":
+        require_dir(a.discriminator, "run `dvc repro discriminator` first, or check --discriminator")
+    if a.evaluate:
+        require_dir(f"{a.models}/teacher", "run `dvc repro pretrain@teacher` first, or check --models")
+    # Inputs are read (and checked) before anything is written or loaded.
+    demos = read_jsonl(a.demos, keys=("prompt", "response")
+                       + (("instruction_id_list", "kwargs") if METHODS[cfg.method].uses_rollouts else ())
+                       + (("pass",) if params.teacher_demos.only_passing else ()))
+    if params.teacher_demos.only_passing:
+        demos = [d for d in demos if d["pass"]]
+    src = cfg.init_from or f"{a.models}/{cfg.student}"
+    tok = load_tokenizer(src)  # a missing model directory fails here, naming it
     name = a.name or a.method
     out = Path(a.out or f"runs/{a.student}/{name}/seed{a.seed}")
     out.mkdir(parents=True, exist_ok=True)
@@ -96,17 +119,12 @@ def main() -> None:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
 
-    src = cfg.init_from or f"{a.models}/{cfg.student}"
-    tok = load_tokenizer(src)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     if cfg.distributed == "deepspeed" and device == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     policy = load_policy(src).to(device)
-    demos = read_jsonl(a.demos)
-    if params.teacher_demos.only_passing:
-        demos = [d for d in demos if d["pass"]]
     disc = None
-    if METHODS[cfg.method].adv != "none":
+    if adv:
         dcfg = params.discriminator
         disc = (Discriminator.from_polar(dcfg.polar_model, trust_remote_code=dcfg.trust_remote_code)
                 if dcfg.source == "polar" else Discriminator.load(a.discriminator, frozen=not cfg.disc_cotrain, device=device))
@@ -171,7 +189,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)  # a user's mistake: `error: <message>` and exit 2, no traceback
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # Every rank leaves the process group, then skips the interpreter's teardown like a single process:
         # tearing down with gloo/DeepSpeed's comm threads alive aborted a finished rank ("terminate called

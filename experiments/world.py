@@ -11,6 +11,7 @@ from pathlib import Path
 
 from uniapl import ifeval, world
 from uniapl.config import load_params
+from uniapl.errors import run_stage
 from uniapl.io import atomic_path, exit_fast, write_json, write_jsonl
 from uniapl.models import train_tokenizer
 
@@ -85,5 +86,5 @@ if __name__ == "__main__":
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default="data/world")
     a = ap.parse_args()
-    main(a.params, a.out)
+    run_stage(main, a.params, a.out)
     exit_fast()

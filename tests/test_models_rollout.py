@@ -1,9 +1,12 @@
+import math
+
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from uniapl.config import ModelSpec
-from uniapl.models import (build_policy, encode_prompt, encode_prompts, encode_response, encode_responses, pack,
-                           pack_dense, train_tokenizer)
+from uniapl.models import (Batch, build_policy, encode_prompt, encode_prompts, encode_response, encode_responses, pack,
+                           pack_dense, scatter_rows, selected_logprobs, sequence_logprobs, train_tokenizer)
 from uniapl import rollout
 from uniapl.rollout import HFEngine, row_seed, sample_inverse_cdf
 
@@ -127,9 +130,53 @@ def test_batched_encoding_equals_one_by_one(tmp_path):
     assert encode_prompts(tok, []) == [] and encode_responses(tok, []) == []
 
 
+def test_selected_logprobs_and_entropy_equal_the_full_log_softmax_and_scatter_to_the_mask():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 5, 11, generator=g, dtype=torch.float64).float().requires_grad_()
+    labels = torch.randint(0, 11, (3, 5), generator=g)
+    m = torch.tensor([[0, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]], dtype=torch.bool)
+    lp_sel, ent_sel = selected_logprobs(logits[m], labels[m], with_entropy=True)
+    lp, ent = scatter_rows(lp_sel, m), scatter_rows(ent_sel, m)
+    full = torch.log_softmax(logits, -1)
+    ref = full.gather(-1, labels[..., None]).squeeze(-1)
+    assert lp.dtype == torch.float32 and lp.shape == (3, 5)
+    assert torch.allclose(lp[m], ref[m], atol=1e-6) and torch.all(lp[~m] == 0)
+    p = full.exp()
+    assert torch.allclose(ent[m], -(p * full).sum(-1)[m], atol=1e-5) and torch.all(ent[~m] == 0)
+    assert not ent_sel.requires_grad
+    w = torch.randn(3, 5, generator=g)  # gradients equal those of the full log-softmax restricted to the mask
+    (g1,) = torch.autograd.grad((lp * w).sum(), logits)
+    (g2,) = torch.autograd.grad((ref * w * m).sum(), logits)
+    assert torch.allclose(g1, g2, atol=1e-6) and torch.all(g1[~m] == 0)
+    assert selected_logprobs(logits[m], labels[m])[1] is None
+    uniform = selected_logprobs(torch.zeros(1, 5), torch.tensor([0]), with_entropy=True)[1]
+    assert torch.allclose(uniform, torch.tensor([math.log(5)]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n", [1, 255, 256, 257, 700])
+def test_selected_logprobs_blocks_are_bitwise_equal_to_one_block(n, dtype):
+    """Working in row blocks is a speed change only: log-probs, entropies and the logits' gradient are
+    bit-for-bit those of a single block (so recorded runs stay valid)."""
+    g = torch.Generator().manual_seed(n)
+    logits = (torch.randn(n, 301, generator=g) * 4).to(dtype)
+    logits[0, :7] = -300.0  # underflowing probabilities take the entropy's p == 0 branch
+    labels = torch.randint(0, 301, (n,), generator=g)
+    w = torch.randn(n, generator=g)
+    outs = []
+    for rows in (n, 1, 7, 256):
+        x = logits.clone().requires_grad_()
+        lp, ent = selected_logprobs(x, labels, with_entropy=True, block_rows=rows)
+        (lp * w).sum().backward()
+        outs.append((lp.detach(), ent, x.grad))
+    for other in outs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(outs[0], other))
+    with pytest.raises(ValueError, match="logits has 1 rows but labels has 2"):
+        selected_logprobs(logits[:1], torch.zeros(2, dtype=torch.long))
+
+
 def test_sequence_logprobs_keep_only_response_positions_and_match_full_logits(tmp_path):
     """The LM head runs from the first response token on; the log-probs equal those of full logits there."""
-    from uniapl.trainer import Batch, sequence_logprobs
     tok, model = tiny(tmp_path)
     prompts = [encode_prompt(tok, t) for t in TEXTS[:3]]
     responses = [encode_response(tok, t) for t in TEXTS[1:4]]
@@ -232,7 +279,6 @@ def test_sequence_logprobs_head_on_selected_rows_equals_the_full_forward_path(tm
     """Plain-head models run the LM head on response rows only; any other module (e.g. a DeepSpeed engine)
     goes through its forward. Both give the same log-probs, entropies and gradients."""
     from uniapl.models import plain_head
-    from uniapl.trainer import Batch, sequence_logprobs
     tok, model = tiny(tmp_path)
 
     class Wrapped(torch.nn.Module):  # no config: the generic path

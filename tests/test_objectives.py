@@ -10,10 +10,13 @@ import pytest
 import torch
 
 from uniapl import objectives as O
+from uniapl.methods import chord_mu
 
 AGGS = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 MAX_LEN = 8
 CLIP_LOW, CLIP_HIGH = 0.2, 0.28
+WEIGHTS = {"sft": 0.7, "rl": 1.0, "adv": 0.3}
+LOSSES = ["grpo", "sft", "adv", "step"]
 
 
 def _batch(B=6, T=MAX_LEN, seed=0):
@@ -35,7 +38,11 @@ def _losses(agg, normaliser=None):
     return {
         "grpo": lambda lp, o, r, a, s, m: O.grpo_loss(lp, o, a, m, CLIP_LOW, CLIP_HIGH, beta=0.1, ref_logp=r, **kw),
         "sft": lambda lp, o, r, a, s, m: O.sft_nll(lp, m, **kw),
-        "adv": lambda lp, o, r, a, s, m: O.adversarial_loss(lp, o, s, 2, m, CLIP_LOW, CLIP_HIGH, **kw),
+        "adv": lambda lp, o, r, a, s, m: O.clipped_pg_loss(lp, o, s, m, CLIP_LOW, CLIP_HIGH, **kw),
+        # the whole step objective, its SFT term fed the same tensors as the rollout terms
+        "step": lambda lp, o, r, a, s, m: O.step_objective(
+            WEIGHTS, logp=lp, old_logp=o, adv_rl=a, adv_adv=s, mask=m, ref_logp=r, sft_logp=lp, sft_mask=m,
+            clip_low=CLIP_LOW, clip_high=CLIP_HIGH, beta=0.1, sft_normaliser=normaliser, **kw),
     }
 
 
@@ -129,66 +136,82 @@ def test_aggregation_hand_values():
     with pytest.raises(KeyError):
         O.aggregate(x, m, "nope")
     assert set(O.AGGREGATIONS) == set(AGGS)
-    assert O.POLICY_LOSSES["grpo"] is O.grpo_loss
     assert O.masked_mean(x, torch.zeros_like(m)) == 0  # empty mask: 0, not NaN
 
 
 def test_chord_mu_schedule():
     kw = dict(total_steps=110, mu_peak=1.0, mu_valley=0.1, warmup_steps=10)
-    assert O.chord_mu(0, **kw) == 0.0
-    assert math.isclose(O.chord_mu(5, **kw), 0.5)  # half-way through warmup
-    assert math.isclose(O.chord_mu(10, **kw), 1.0)  # peak
-    assert math.isclose(O.chord_mu(60, **kw), 0.55)  # cosine midpoint = (peak + valley) / 2
-    assert math.isclose(O.chord_mu(110, **kw), 0.1)  # end
-    assert math.isclose(O.chord_mu(500, **kw), 0.1)  # held after the end
-    assert math.isclose(O.chord_mu(0, 10, 0.8, 0.0, 0), 0.8)  # no warmup
-    mus = [O.chord_mu(s, **kw) for s in range(10, 111)]
+    assert chord_mu(0, **kw) == 0.0
+    assert math.isclose(chord_mu(5, **kw), 0.5)  # half-way through warmup
+    assert math.isclose(chord_mu(10, **kw), 1.0)  # peak
+    assert math.isclose(chord_mu(60, **kw), 0.55)  # cosine midpoint = (peak + valley) / 2
+    assert math.isclose(chord_mu(110, **kw), 0.1)  # end
+    assert math.isclose(chord_mu(500, **kw), 0.1)  # held after the end
+    assert math.isclose(chord_mu(0, 10, 0.8, 0.0, 0), 0.8)  # no warmup
+    mus = [chord_mu(s, **kw) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(mus, mus[1:]))  # monotone decay
 
 
-def test_selected_logprobs_and_entropy_equal_the_full_log_softmax_and_scatter_to_the_mask():
-    g = torch.Generator().manual_seed(2)
-    logits = torch.randn(3, 5, 11, generator=g, dtype=torch.float64).float().requires_grad_()
-    labels = torch.randint(0, 11, (3, 5), generator=g)
-    m = torch.tensor([[0, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]], dtype=torch.bool)
-    lp_sel, ent_sel = O.selected_logprobs(logits[m], labels[m], with_entropy=True)
-    lp, ent = O.scatter_rows(lp_sel, m), O.scatter_rows(ent_sel, m)
-    full = torch.log_softmax(logits, -1)
-    ref = full.gather(-1, labels[..., None]).squeeze(-1)
-    assert lp.dtype == torch.float32 and lp.shape == (3, 5)
-    assert torch.allclose(lp[m], ref[m], atol=1e-6) and torch.all(lp[~m] == 0)
-    p = full.exp()
-    assert torch.allclose(ent[m], -(p * full).sum(-1)[m], atol=1e-5) and torch.all(ent[~m] == 0)
-    assert not ent_sel.requires_grad
-    w = torch.randn(3, 5, generator=g)  # gradients equal those of the full log-softmax restricted to the mask
-    (g1,) = torch.autograd.grad((lp * w).sum(), logits)
-    (g2,) = torch.autograd.grad((ref * w * m).sum(), logits)
-    assert torch.allclose(g1, g2, atol=1e-6) and torch.all(g1[~m] == 0)
-    assert O.selected_logprobs(logits[m], labels[m])[1] is None
-    uniform = O.selected_logprobs(torch.zeros(1, 5), torch.tensor([0]), with_entropy=True)[1]
-    assert torch.allclose(uniform, torch.tensor([math.log(5)]))
+def test_step_objective_is_the_weighted_sum_of_the_terms():
+    """loss = w_rl * GRPO + w_adv * ADV + w_sft * SFT, bit for bit (same operations in the same order), and
+    so are the gradients; the diagnostics are the terms' own."""
+    logp, old, ref, adv, scores, mask = _batch()
+    sft_lp, sft_mask = _batch(seed=1)[0], _batch(seed=1)[5].roll(1, dims=0)
+    kw = dict(clip_low=CLIP_LOW, clip_high=CLIP_HIGH, agg="seq-mean-token-sum-norm", max_len=MAX_LEN)
+    a, b = logp.clone().requires_grad_(), logp.clone().requires_grad_()
+    sa, sb = sft_lp.clone().requires_grad_(), sft_lp.clone().requires_grad_()
+    loss, d = O.step_objective(WEIGHTS, logp=a, old_logp=old, adv_rl=adv, adv_adv=scores, mask=mask, ref_logp=ref,
+                               sft_logp=sa, sft_mask=sft_mask, beta=0.1, kl_kind="k2", normaliser=5.0,
+                               sft_normaliser=4.0, **kw)
+    pg = dict(agg=kw["agg"], normaliser=5.0, max_len=MAX_LEN)
+    l_rl, d_rl = O.grpo_loss(b, old, adv, mask, CLIP_LOW, CLIP_HIGH, 0.1, ref, "k2", **pg)
+    l_adv, d_adv = O.clipped_pg_loss(b, old, scores, mask, CLIP_LOW, CLIP_HIGH, **pg)
+    l_sft, _ = O.sft_nll(sb, sft_mask, kw["agg"], 4.0, MAX_LEN)
+    hand = torch.zeros(()) + WEIGHTS["rl"] * l_rl + WEIGHTS["adv"] * l_adv + WEIGHTS["sft"] * l_sft
+    assert torch.equal(loss, hand)
+    loss.backward()
+    hand.backward()
+    assert torch.equal(a.grad, b.grad) and torch.equal(sa.grad, sb.grad) and a.grad.abs().sum() > 0
+    assert d == {"loss/grpo": l_rl.detach(), "train/clip_frac": d_rl["clip_frac"], "train/kl": d_rl["kl"],
+                 "loss/adv": l_adv.detach(), "adv/clip_frac": d_adv["clip_frac"],
+                 "train/ratio_mean": d_adv["ratio_mean"], "train/approx_kl": d_adv["approx_kl"],
+                 "loss/sft": l_sft.detach()}
+    assert torch.equal(d_rl["ratio_mean"], d_adv["ratio_mean"]) and d_rl["clip_frac"] != d_adv["clip_frac"]
+    assert all(not v.requires_grad and v.dtype == torch.float32 and v.dim() == 0 for v in d.values())
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("n", [1, 255, 256, 257, 700])
-def test_selected_logprobs_blocks_are_bitwise_equal_to_one_block(n, dtype):
-    """Working in row blocks is a speed change only: log-probs, entropies and the logits' gradient are
-    bit-for-bit those of a single block (so recorded runs stay valid)."""
-    g = torch.Generator().manual_seed(n)
-    logits = (torch.randn(n, 301, generator=g) * 4).to(dtype)
-    logits[0, :7] = -300.0  # underflowing probabilities take the entropy's p == 0 branch
-    labels = torch.randint(0, 301, (n,), generator=g)
-    w = torch.randn(n, generator=g)
-    outs = []
-    for rows in (n, 1, 7, 256):
-        x = logits.clone().requires_grad_()
-        lp, ent = O.selected_logprobs(x, labels, with_entropy=True, block_rows=rows)
-        (lp * w).sum().backward()
-        outs.append((lp.detach(), ent, x.grad))
-    for other in outs[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(outs[0], other))
-    with pytest.raises(ValueError, match="logits has 1 rows but labels has 2"):
-        O.selected_logprobs(logits[:1], torch.zeros(2, dtype=torch.long))
+def test_step_objective_skips_zero_weights_and_sft_alone_is_the_weighted_nll():
+    logp, old, ref, adv, scores, mask = _batch()
+    kw = dict(clip_low=CLIP_LOW, clip_high=CLIP_HIGH, normaliser=10.0, sft_normaliser=7.0)
+    only_adv = {"sft": 0.0, "rl": 0.0, "adv": 0.5}  # a_sft's rollout micro-batches
+    loss, d = O.step_objective(only_adv, logp=logp, old_logp=old, adv_rl=adv, adv_adv=scores, mask=mask, **kw)
+    assert torch.equal(loss, torch.zeros(()) + 0.5 * O.clipped_pg_loss(logp, old, scores, mask, CLIP_LOW, CLIP_HIGH,
+                                                                        normaliser=10.0)[0])
+    assert set(d) == {"loss/adv", "adv/clip_frac", "train/ratio_mean", "train/approx_kl"}
+    loss, d = O.step_objective(WEIGHTS, sft_logp=logp, sft_mask=mask, **kw)  # a demonstrations micro-batch
+    assert torch.equal(loss, WEIGHTS["sft"] * O.sft_nll(logp, mask, normaliser=7.0)[0]) and set(d) == {"loss/sft"}
+    loss, d = O.step_objective({"sft": 0.0, "rl": 0.0, "adv": 0.0}, logp=logp, old_logp=old, adv_rl=adv,
+                               adv_adv=scores, mask=mask, sft_logp=logp, sft_mask=mask, **kw)
+    assert loss == 0 and d == {}
+
+
+def test_step_objective_diagnostics_hand_values():
+    mask = torch.ones(1, 4)
+    kw = dict(adv_rl=torch.tensor([1.0]), adv_adv=torch.tensor([-1.0]), mask=mask, clip_low=0.2, clip_high=0.2)
+    w = {"sft": 0.0, "rl": 1.0, "adv": 1.0}
+    # on-policy (ppo_epochs=1: old = logp): ratio 1, no KL, nothing clipped
+    logp = -torch.rand(1, 4)
+    _, d = O.step_objective(w, logp=logp, old_logp=logp, **kw)
+    assert d["train/ratio_mean"] == 1 and d["train/approx_kl"] == 0
+    assert d["train/clip_frac"] == 0 and d["adv/clip_frac"] == 0
+    # ratios 0.5, 0.7, 1.1, 1.5 (a later PPO epoch): GRPO (A = +1) clips r > 1.2, ADV (A = -1) clips r < 0.8
+    r = torch.tensor([[0.5, 0.7, 1.1, 1.5]])
+    old = -torch.rand(1, 4)
+    _, d = O.step_objective(w, logp=old + torch.log(r), old_logp=old, **kw)
+    assert math.isclose(d["train/clip_frac"].item(), 1 / 4) and math.isclose(d["adv/clip_frac"].item(), 2 / 4)
+    assert math.isclose(d["train/ratio_mean"].item(), 3.8 / 4, rel_tol=1e-6)
+    k3 = sum((x - 1) - math.log(x) for x in (0.5, 0.7, 1.1, 1.5)) / 4  # KL(old || new) estimate
+    assert math.isclose(d["train/approx_kl"].item(), k3, rel_tol=1e-5)
 
 
 # ----------------------------------------------------------------------------- properties
@@ -196,7 +219,7 @@ def test_selected_logprobs_blocks_are_bitwise_equal_to_one_block(n, dtype):
 
 @pytest.mark.parametrize("garbage", [1e4, -1e4, float("-inf")])  # -inf: e.g. padding after a -inf logit mask
 @pytest.mark.parametrize("agg", AGGS)
-@pytest.mark.parametrize("name", ["grpo", "sft", "adv"])
+@pytest.mark.parametrize("name", LOSSES)
 def test_masked_positions_never_matter(agg, name, garbage):
     logp, old, ref, adv, scores, mask = _batch()
     fn = _losses(agg)[name]
@@ -219,7 +242,7 @@ def test_masked_positions_never_matter(agg, name, garbage):
 
 
 @pytest.mark.parametrize("agg", AGGS)
-@pytest.mark.parametrize("name", ["grpo", "sft", "adv"])
+@pytest.mark.parametrize("name", LOSSES)
 @pytest.mark.parametrize("splits", [[2, 4], [2, 2, 2]])
 def test_microbatch_accumulation_equals_full_batch(agg, name, splits):
     logp, old, ref, adv, scores, mask = _batch()
@@ -231,7 +254,7 @@ def test_microbatch_accumulation_equals_full_batch(agg, name, splits):
     fn = _losses(agg, normaliser=norm)[name]
     acc = logp.clone().requires_grad_()
     total, start = 0.0, 0
-    for n in splits:  # groups of 2 are never split (adversarial advantage is per group)
+    for n in splits:
         sl = slice(start, start + n)
         width = int(mask[sl].sum(-1).max())  # each micro-batch padded only to its own longest response
         micro = [t[sl, :width] for t in (acc, old, ref)] + [adv[sl], scores[sl], mask[sl, :width]]

@@ -5,14 +5,16 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+from uniapl import checkpoint as C
 from uniapl.config import load_params, run_config
 from uniapl.discriminator import Discriminator
+from uniapl.ifeval import verifier_reward
 from uniapl.io import read_jsonl
 from uniapl.methods import METHODS
 from uniapl.models import load_policy, load_tokenizer
-from uniapl.trainer import NonFiniteLoss, Trainer, verifier_reward
+from uniapl.trainer import NonFiniteLoss, Trainer
 
 from conftest import run
 
@@ -73,6 +75,56 @@ def test_verifier_reward_modes():
     assert verifier_reward(row, "fine text here", False, "binary", True) == 1.0
     assert verifier_reward(row, "fine text here", True, "binary", True) == 0.0
     assert verifier_reward(row, "fine text here", True, "binary", False) == 1.0
+
+
+def test_every_step_logs_the_ratio_and_both_clip_fractions(tiny_world, tmp_path):
+    """On-policy (ppo_epochs=1) the ratio is exactly 1: no KL between the sampling and the updated policy,
+    nothing clipped, in either policy-gradient term; a second PPO epoch moves them."""
+    m = make_trainer(tiny_world, "uniapl", tmp_path / "one").train_step()
+    assert (m["train/ratio_mean"], m["train/approx_kl"], m["train/clip_frac"], m["adv/clip_frac"]) == (1, 0, 0, 0)
+    m = make_trainer(tiny_world, "a_sft", tmp_path / "two", ppo_epochs=2).train_step()  # the last epoch's values
+    assert m["train/ratio_mean"] != 1 and m["train/approx_kl"] > 0 and "adv/clip_frac" in m
+    assert "train/clip_frac" not in m  # a_sft has no verifier-reward term
+
+
+def test_safetensors_helper_round_trips_tied_weights(tiny_world, tmp_path):
+    policy = load_policy(tiny_world / "models/student-s")
+    sd = policy.state_dict()
+    assert sd["lm_head.weight"].data_ptr() == sd["model.embed_tokens.weight"].data_ptr()  # tied
+    with pytest.raises(RuntimeError):  # why the helper clones: safetensors refuses shared memory
+        save_file(sd, str(tmp_path / "raw.safetensors"))
+    C.save_safetensors(sd, tmp_path / "model.safetensors")
+    back = load_file(str(tmp_path / "model.safetensors"))
+    assert back.keys() == sd.keys() and all(torch.equal(back[k], v) for k, v in sd.items())
+    fresh = load_policy(tiny_world / "models/student-s")
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.zero_()
+    fresh.load_state_dict(back, strict=False)
+    assert fresh.lm_head.weight is fresh.model.embed_tokens.weight  # still tied after loading
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), sd.values()))
+
+
+def test_checkpoint_round_trip_continues_like_the_original(tiny_world, tmp_path):
+    """save -> load into a fresh trainer restores weights, optimizer, scheduler, RNG states and step (and the
+    co-trained discriminator): the next step is bit-for-bit the original's."""
+    tr = make_trainer(tiny_world, "uniapl", tmp_path / "a", disc_cotrain=True)
+    tr.disc.unfreeze()
+    tr.train_step()
+    tr.save_checkpoint(tmp_path / "ckpt")
+    assert sorted(f.name for f in (tmp_path / "ckpt").iterdir()) == \
+        ["disc.safetensors", "disc_opt.pt", "model.safetensors", "trainer_state.pt"]
+    assert list(torch.load(tmp_path / "ckpt/trainer_state.pt", weights_only=True)) == \
+        ["step", "optimizer", "scheduler", "torch_rng", "python_rng"]
+    tr2 = make_trainer(tiny_world, "uniapl", tmp_path / "b", disc_cotrain=True)
+    tr2.disc.unfreeze()
+    tr2.load_checkpoint(tmp_path / "ckpt")
+    assert tr2.step == 1 and tr2.sched.state_dict() == tr.sched.state_dict()
+    m1, m2 = tr.train_step(), tr2.train_step()
+    drop = lambda m: {k: v for k, v in m.items() if not k.startswith("perf/")}
+    assert drop(m1) == drop(m2)
+    for a, b in ((tr.policy, tr2.policy), (tr.disc, tr2.disc)):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 @pytest.mark.slow

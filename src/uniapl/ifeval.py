@@ -44,6 +44,7 @@ __all__ = [
     "load_ifeval_prompts",
     "read_jsonl",
     "score_rows",
+    "verifier_reward",
 ]
 
 INSTRUCTION_REGISTRY = instructions_registry.INSTRUCTION_DICT
@@ -102,6 +103,17 @@ def check_strict(prompt: str, instruction_ids: list[str], kwargs: list[dict], re
     variants of the response (the harness's ``test_instruction_following_loose``)."""
     inp = _example(prompt, instruction_ids, kwargs, response)
     return list(_harness.test_instruction_following_strict(inp, response).follow_instruction_list)
+
+
+def verifier_reward(row: dict, text: str, truncated: bool, mode: str, truncated_zero: bool) -> float:
+    """The verifier reward of one rollout ``text`` for the IFEval ``row`` (its ``prompt``,
+    ``instruction_id_list`` and ``kwargs``), from the strict verdicts: ``mode="binary"`` 1/0 all
+    followed, ``"fraction"`` the fraction followed; 0 when the rollout was cut at the length cap
+    (``truncated``) and ``truncated_zero``."""
+    if truncated and truncated_zero:
+        return 0.0
+    strict = check_strict(row["prompt"], row["instruction_id_list"], row["kwargs"], text)
+    return float(all(strict)) if mode == "binary" else sum(strict) / len(strict)
 
 
 def score_rows(rows: Iterable[dict]) -> dict:

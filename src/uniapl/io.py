@@ -11,6 +11,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from uniapl.errors import DataError, MissingPathError
+
 
 @contextmanager
 def atomic_path(path: str | Path):
@@ -39,15 +41,28 @@ def write_jsonl(path: str | Path, rows) -> None:
                 f.write(json.dumps(r) + "\n")
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def read_jsonl(path: str | Path, keys: tuple[str, ...] = ()) -> list[dict]:
+    """The JSON objects of a JSONL file, one per non-blank line, each holding at least ``keys``. A missing
+    file, a line that is not a JSON object or lacks one of ``keys`` is a user error naming the file (and
+    ``file:line``): :class:`~uniapl.errors.MissingPathError` / :class:`~uniapl.errors.DataError`."""
     rows = []
-    with open(path) as f:
+    try:
+        f = open(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise MissingPathError(f"{path}: no such file") from None
+    with f:
         for i, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+                    raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{i}: not a JSON object (got {type(row).__name__})")
+                missing = [k for k in keys if k not in row]
+                if missing:
+                    raise DataError(f"{path}:{i}: missing key{'s' * (len(missing) > 1)} {', '.join(missing)}")
+                rows.append(row)
     return rows
 
 

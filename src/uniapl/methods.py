@@ -13,14 +13,27 @@ loss = w_sft * SFT(expert demos) + w_rl * GRPO(rollouts, verifier reward) + w_ad
 | uniapl          | yes       | yes      | w_sft (or mu_t)| w_rl (or 1-mu_t)| lambda_adv  | verifier          |
 | uniapl_shaped   | yes       | yes      | as uniapl      | as uniapl       | 0           | r + lambda_adv*s  |
 
-mu_t is the CHORD schedule (``objectives.chord_mu``). Adding a method means adding one entry here.
+mu_t is the CHORD schedule (``chord_mu``). Adding a method that is a new mix of these terms means one entry
+in ``METHODS`` plus its ``params.yaml`` section (``uniapl.config`` derives one section per entry) and its
+stage in ``dvc.yaml``. The terms' math lives in ``objectives.py``; this module is plain Python (no torch),
+so ``config`` can validate method names and sections without importing the loss code.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from uniapl.objectives import chord_mu
+
+def chord_mu(step: int, total_steps: int, mu_peak: float, mu_valley: float, warmup_steps: int) -> float:
+    """SFT weight mu for CHORD-style mixing (arXiv 2508.11408): linear warmup 0 -> mu_peak over
+    ``warmup_steps``, then cosine decay from mu_peak to mu_valley, reaching mu_valley at ``total_steps``
+    (held there afterwards)."""
+    if step < warmup_steps:
+        return mu_peak * step / warmup_steps
+    decay_steps = max(total_steps - warmup_steps, 1)
+    progress = min(max((step - warmup_steps) / decay_steps, 0.0), 1.0)
+    return mu_valley + 0.5 * (mu_peak - mu_valley) * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass(frozen=True)
@@ -31,6 +44,12 @@ class Method:
     adv: str  # "none" | "loss" (separate adversarial term) | "shaped" (added to the verifier reward)
     rl: bool  # whether the verifier-reward GRPO term is on
     schedule: str  # "constant" | "chord" | "uniapl" (uniapl: the config's uniapl.schedule decides)
+    inherits: str | None = None  # params section this method's settings start from (then its own section)
+
+    @property
+    def param_sections(self) -> tuple[str, ...]:
+        """``params.yaml`` sections merged over ``train``, in order, for a run of this method."""
+        return (self.inherits, self.name) if self.inherits else (self.name,)
 
     def weights(self, step: int, total: int, cfg) -> dict[str, float]:
         """Weights of the three terms at ``step`` (cfg: the run's TrainConfig)."""
@@ -52,5 +71,6 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("chord", uses_sft=True, uses_rollouts=True, adv="none", rl=True, schedule="chord"),
     Method("a_chord", uses_sft=True, uses_rollouts=True, adv="loss", rl=True, schedule="chord"),
     Method("uniapl", uses_sft=True, uses_rollouts=True, adv="loss", rl=True, schedule="uniapl"),
-    Method("uniapl_shaped", uses_sft=True, uses_rollouts=True, adv="shaped", rl=True, schedule="uniapl"),
+    Method("uniapl_shaped", uses_sft=True, uses_rollouts=True, adv="shaped", rl=True, schedule="uniapl",
+           inherits="uniapl"),  # the shaped ablation is uniapl's twin: it starts from uniapl's section
 )}

@@ -1,4 +1,5 @@
-"""Build, load and save policies and tokenizers: tiny Qwen3 models (embedded) or hub models (paper).
+"""Build, load and save policies and tokenizers: tiny Qwen3 models (embedded) or hub models (paper);
+pack sequences into batches and score their responses (``sequence_logprobs``).
 
 One masking convention for the whole codebase: a sequence is ``prompt_ids + response_ids`` where
 ``prompt_ids`` is the chat template with the generation prompt and ``response_ids`` ends with the
@@ -8,6 +9,7 @@ so models learn to stop).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,19 +40,67 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     return fast
 
 
+def _made_by(path: str) -> str:
+    """Where a missing model/tokenizer directory comes from: the DVC stage that writes it, or a flag."""
+    parts = Path(path).parts
+    if parts[-2:] == ("world", "tokenizer"):
+        return "run `dvc repro world` first, or check --world"
+    if len(parts) >= 2 and parts[-2] == "models":
+        stage = "discriminator" if parts[-1] == "discriminator" else f"pretrain@{parts[-1]}"
+        return f"run `dvc repro {stage}` first, or check --models"
+    if "runs" in parts:
+        return "run the training stage that writes it first (`dvc stage list`), or check the path"
+    return "check the path"
+
+
+def _from_pretrained(load, path: str | Path, kind: str, files: tuple[str, ...], **kwargs):
+    """``load(path, **kwargs)`` (a transformers ``from_pretrained``), with a user's mistake in ``path`` as a
+    :class:`~uniapl.errors.UserError` naming it instead of transformers' hub-lookup error. ``path`` is a
+    local directory when it exists, starts with '.', '/' or '~', has more than one '/' (hub ids are
+    ``name`` or ``namespace/name``), or its first component is an existing directory or one the pipeline
+    writes (models, data, runs); a local one must hold one of ``files``. Anything else is a hub id: a failed
+    lookup (not found, offline) is a UserError too."""
+    from uniapl.errors import MissingPathError, UserError
+
+    s = str(path)
+    local = Path(s).expanduser()
+    first = s.split("/")[0]
+    if local.exists() or s.startswith((".", "/", "~")) or s.count("/") > 1 or \
+            ("/" in s and (first in ("models", "data", "runs") or Path(first).is_dir())):
+        if not local.is_dir():
+            raise MissingPathError(f"{s}: no such {kind} directory ({_made_by(s)})")
+        if not any((local / f).is_file() for f in files):
+            raise MissingPathError(f"{s}: not a {kind} directory (no {' or '.join(files)}; {_made_by(s)})")
+        return load(str(local) if s.startswith("~") else s, **kwargs)
+    try:
+        return load(s, **kwargs)
+    except (OSError, ValueError) as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{s}: no such {kind} directory, and no such model on the Hugging Face Hub ({why}); "
+                        f"{_made_by(s)}") from None
+
+
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    """The tokenizer saved in a model (or tokenizer) directory, or of a hub id; a missing directory is a
+    UserError naming it (see ``_from_pretrained``)."""
+    tok = _from_pretrained(AutoTokenizer.from_pretrained, path, "tokenizer",
+                           ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json"),
+                           trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
-def tiny_qwen3_config(spec, vocab_size: int, pad_token_id: int, eos_token_id: int, max_positions: int = 512) -> Qwen3Config:
-    """A scaled-down Qwen3 (same architecture as Qwen3-0.6B/4B: GQA, q/k RMSNorm, SwiGLU, RoPE)."""
+def tiny_qwen3_config(spec, vocab_size: int, pad_token_id: int | None, eos_token_id: int | None,
+                      max_positions: int = 512, tie_word_embeddings: bool = True) -> Qwen3Config:
+    """A scaled-down Qwen3 (same architecture as Qwen3-0.6B/4B: GQA, q/k RMSNorm, SwiGLU, RoPE).
+
+    ``spec``: any object with the six ``config.TinyArch`` fields. ``tie_word_embeddings``: policies tie the
+    LM head to the embeddings (as Qwen3-0.6B); the discriminator has a score head and ties nothing."""
     return Qwen3Config(vocab_size=vocab_size, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
                        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
                        num_key_value_heads=spec.num_kv_heads, head_dim=spec.head_dim,
-                       max_position_embeddings=max_positions, tie_word_embeddings=True,
+                       max_position_embeddings=max_positions, tie_word_embeddings=tie_word_embeddings,
                        pad_token_id=pad_token_id, eos_token_id=eos_token_id, bos_token_id=None)
 
 
@@ -64,9 +114,10 @@ def build_policy(spec, tokenizer, seed: int) -> torch.nn.Module:
 
 
 def load_policy(path: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
-    """``AutoModelForCausalLM`` for a saved run or a hub id such as ``Qwen/Qwen3-0.6B`` (safetensors only)."""
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True,
-                                                trust_remote_code=trust_remote_code)
+    """``AutoModelForCausalLM`` for a saved run or a hub id such as ``Qwen/Qwen3-0.6B`` (safetensors only);
+    a missing directory is a UserError naming it (see ``_from_pretrained``)."""
+    return _from_pretrained(AutoModelForCausalLM.from_pretrained, path, "model", ("config.json",), dtype=dtype,
+                            use_safetensors=True, trust_remote_code=trust_remote_code)
 
 
 # Causal LMs whose forward computes exactly ``lm_head(decoder(...).last_hidden_state)`` (no logit scaling
@@ -88,6 +139,83 @@ def plain_head(model):
 def autocast_dtype(name: str) -> torch.dtype | None:
     """The config's ``dtype`` ("bf16" / "fp32") as an autocast dtype; None: no autocast (fp32)."""
     return torch.bfloat16 if name == "bf16" else None
+
+
+# ----------------------------------------------------------------------------- log-probs of responses
+# Rows per block in ``selected_logprobs``: a (256, V) float32 block (2 MB at V=2048, 155 MB at Qwen3's
+# 151,936) is worked on while it is in cache instead of streaming several (N, V) temporaries through
+# memory. Every op involved is row-wise, so the values do not depend on the block size (tested bitwise).
+LOGPROB_BLOCK_ROWS = 256
+
+
+def selected_logprobs(logits: torch.Tensor, labels: torch.Tensor, with_entropy: bool = False,
+                      block_rows: int = LOGPROB_BLOCK_ROWS):
+    """log p(label) of each row, and optionally its entropy (no gradient): logits (N, V), labels (N,) ->
+    (N,) float32, (N,) float32 or None. One float32 log-softmax per block of ``block_rows`` rows; the
+    entropy reuses it. Blocks come from ``Tensor.split`` so the backward pass concatenates the blocks'
+    gradients once (a slice would add a zero-filled (N, V) gradient per block)."""
+    if logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"logits has {logits.shape[0]} rows but labels has {labels.shape[0]}")
+    lps, ents = [], []
+    for lg, lb in zip(logits.split(block_rows), labels.split(block_rows)):
+        lsm = torch.log_softmax(lg.float(), dim=-1)
+        lps.append(lsm.gather(-1, lb[:, None]).squeeze(-1))
+        if with_entropy:
+            with torch.no_grad():
+                p = lsm.exp()
+                ents.append(-torch.where(p > 0, p * lsm, torch.zeros((), dtype=p.dtype, device=p.device)).sum(-1))
+    lp = lps[0] if len(lps) == 1 else torch.cat(lps)
+    ent = (ents[0] if len(ents) == 1 else torch.cat(ents)) if with_entropy else None
+    return lp, ent
+
+
+def scatter_rows(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N,) values -> (B, T) float32 with ``values`` at the N true positions of ``mask`` (row-major), 0 elsewhere."""
+    return torch.zeros(mask.shape, dtype=torch.float32, device=values.device).masked_scatter(mask, values.float())
+
+
+@dataclass
+class Batch:
+    """Right-padded sequences (the three tensors of :func:`pack`): ids/attn/lmask (B, T); lmask is 1 on
+    response tokens."""
+
+    ids: torch.Tensor
+    attn: torch.Tensor
+    lmask: torch.Tensor
+
+
+def first_response_position(lmask: torch.Tensor) -> int:
+    """Smallest column holding a response token in any row (>= 1); the logits before it are never used."""
+    cols = lmask.any(0).nonzero()
+    return max(1, int(cols[0])) if len(cols) else lmask.shape[1] - 1
+
+
+def sequence_logprobs(model, batch: Batch, with_entropy: bool = False, autocast_dtype=None):
+    """Per-token log-probs (B, T) aligned with ``batch.lmask`` (position t scores token t; t=0 gets 0),
+    and the per-token entropy (no gradient) when ``with_entropy``.
+
+    Every position where ``lmask`` is 0 gets 0. Only response positions go through the LM head and the
+    log-softmax: for plain-head models (``PLAIN_HEAD_MODEL_TYPES``) the head runs on the selected hidden
+    states; otherwise (a DeepSpeed engine, other architectures) the model's forward computes the logits
+    from the first response column on (``logits_to_keep``) and the response positions are selected.
+    ``autocast_dtype``: a dtype from :func:`autocast_dtype` (None: fp32, no autocast)."""
+    T = batch.ids.shape[1]
+    first = first_response_position(batch.lmask)
+    m = batch.lmask[:, first:].bool()
+    labels = batch.ids[:, first:][m]
+    split = plain_head(model)
+    with torch.autocast(batch.ids.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        if split is not None:
+            dec, head = split
+            hidden = dec(input_ids=batch.ids, attention_mask=batch.attn).last_hidden_state
+            logits = head(hidden[:, first - 1: T - 1][m])  # (N, V)
+        else:
+            logits = model(input_ids=batch.ids, attention_mask=batch.attn, logits_to_keep=T - first + 1).logits[:, :-1][m]
+    lp, ent = selected_logprobs(logits, labels, with_entropy)
+    lp = torch.nn.functional.pad(scatter_rows(lp, m), (first, 0))
+    if ent is not None:
+        ent = torch.nn.functional.pad(scatter_rows(ent, m), (first, 0))
+    return lp, ent
 
 
 def n_params(model: torch.nn.Module) -> int:

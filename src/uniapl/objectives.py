@@ -1,4 +1,5 @@
-"""UniAPL loss math as small pure tensor functions (verl ``core_algos`` style).
+"""UniAPL loss math as small pure tensor functions (verl ``core_algos`` style); ``step_objective``
+composes them into the paper's objective, w_sft*SFT + w_rl*GRPO + w_adv*ADV.
 
 Shapes: B = sequences in the (micro-)batch, T = response tokens, V = vocab, N = prompts, G = group size.
 ``mask`` is a float/bool tensor (B, T) with 1 on response tokens that count. Every loss returns
@@ -14,10 +15,9 @@ values) in masked positions can never leak into the loss or its gradient (``0 * 
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 # ----------------------------------------------------------------------------- masked reductions
@@ -201,18 +201,6 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, 
     return loss, diag
 
 
-def adversarial_loss(logp: Tensor, old_logp: Tensor, scores: Tensor, group_size: int, mask: Tensor,
-                     clip_low: float, clip_high: float, agg: str = "token-mean", normaliser=None, max_len=None,
-                     scale_std: bool = True):
-    """UniAPL adversarial term: clipped surrogate whose advantage is the group-normalised discriminator score.
-    scores (B,) = (N*G,) with consecutive groups; scores are detached (the discriminator is trained elsewhere).
-    diag: clip_frac etc. from ``clipped_pg_loss`` plus ``adv_score_mean``."""
-    adv = adversarial_advantages(scores.detach(), group_size, scale_std=scale_std).to(logp.dtype)
-    loss, diag = clipped_pg_loss(logp, old_logp, adv, mask, clip_low, clip_high, agg, normaliser, max_len)
-    diag["adv_score_mean"] = scores.detach().float().mean()
-    return loss, diag
-
-
 def sft_nll(logp: Tensor, mask: Tensor, agg: str = "token-mean", normaliser=None, max_len=None):
     """Negative log-likelihood of expert tokens. logp (B, T) of the expert labels; diag ``nll`` (token mean)."""
     m = _bool(mask)
@@ -220,53 +208,62 @@ def sft_nll(logp: Tensor, mask: Tensor, agg: str = "token-mean", normaliser=None
     return loss, {"nll": masked_mean(-logp.detach(), m).float()}
 
 
-POLICY_LOSSES = {"ppo_clip": clipped_pg_loss, "grpo": grpo_loss}
+# ----------------------------------------------------------------------------- the step objective
 
 
-# ----------------------------------------------------------------------------- schedules
+def step_objective(weights: Mapping[str, float], *, logp: Tensor | None = None, old_logp: Tensor | None = None,
+                   adv_rl: Tensor | None = None, adv_adv: Tensor | None = None, mask: Tensor | None = None,
+                   ref_logp: Tensor | None = None, sft_logp: Tensor | None = None, sft_mask: Tensor | None = None,
+                   clip_low: float, clip_high: float, beta: float = 0.0, kl_kind: str = "k3",
+                   agg: str = "token-mean", normaliser=None, sft_normaliser=None, max_len=None):
+    """UniAPL's objective, ``w_sft * SFT + w_rl * GRPO + w_adv * ADV``, on one micro-batch.
 
+    ``weights``: ``{"sft": w_sft, "rl": w_rl, "adv": w_adv}`` (``Method.weights``); a term whose weight is
+    0 is not computed. Two kinds of micro-batch feed it, either or both:
 
-def chord_mu(step: int, total_steps: int, mu_peak: float, mu_valley: float, warmup_steps: int) -> float:
-    """SFT weight mu for CHORD-style mixing (arXiv 2508.11408): linear warmup 0 -> mu_peak over
-    ``warmup_steps``, then cosine decay from mu_peak to mu_valley, reaching mu_valley at ``total_steps``
-    (held there afterwards)."""
-    if step < warmup_steps:
-        return mu_peak * step / warmup_steps
-    decay_steps = max(total_steps - warmup_steps, 1)
-    progress = min(max((step - warmup_steps) / decay_steps, 0.0), 1.0)
-    return mu_valley + 0.5 * (mu_peak - mu_valley) * (1.0 + math.cos(math.pi * progress))
+    - rollouts: ``logp``, ``old_logp`` (the sampling policy's), ``mask`` (B, T), ``adv_rl`` (B,) the
+      group-normalised verifier advantage, ``adv_adv`` (B,) the group-normalised discriminator score
+      (``adversarial_advantages``), ``ref_logp`` (B, T) or None (needed when ``beta != 0``).
+      GRPO = ``grpo_loss(logp, old_logp, adv_rl, ...)``: the clipped surrogate plus ``beta`` * KL(pi || ref);
+      ADV = ``clipped_pg_loss(logp, old_logp, adv_adv, ...)``: the same surrogate, no KL (our reading of
+      the paper's adversarial term). Both with ``agg``, ``normaliser`` and ``max_len``.
+    - expert demonstrations: ``sft_logp``, ``sft_mask`` (B', T'). SFT = ``sft_nll`` with ``agg``,
+      ``sft_normaliser`` and ``max_len``.
 
+    The normalisers are the global ones of the whole optimiser step (see the module docstring), so the
+    losses of a step's micro-batches add up to the full-batch objective; the caller backpropagates each.
+    The terms are added in the order GRPO, ADV, SFT, starting from a zero when a rollout term is on (the
+    order of floating-point operations that recorded runs were made with: keep it, or their bits change).
 
-# ----------------------------------------------------------------------------- logits helpers
-
-
-# Rows per block in ``selected_logprobs``: a (256, V) float32 block (2 MB at V=2048, 155 MB at Qwen3's
-# 151,936) is worked on while it is in cache instead of streaming several (N, V) temporaries through
-# memory. Every op involved is row-wise, so the values do not depend on the block size (tested bitwise).
-LOGPROB_BLOCK_ROWS = 256
-
-
-def selected_logprobs(logits: Tensor, labels: Tensor, with_entropy: bool = False,
-                      block_rows: int = LOGPROB_BLOCK_ROWS):
-    """log p(label) of each row, and optionally its entropy (no gradient): logits (N, V), labels (N,) ->
-    (N,) float32, (N,) float32 or None. One float32 log-softmax per block of ``block_rows`` rows; the
-    entropy reuses it. Blocks come from ``Tensor.split`` so the backward pass concatenates the blocks'
-    gradients once (a slice would add a zero-filled (N, V) gradient per block)."""
-    if logits.shape[0] != labels.shape[0]:
-        raise ValueError(f"logits has {logits.shape[0]} rows but labels has {labels.shape[0]}")
-    lps, ents = [], []
-    for lg, lb in zip(logits.split(block_rows), labels.split(block_rows)):
-        lsm = torch.log_softmax(lg.float(), dim=-1)
-        lps.append(lsm.gather(-1, lb[:, None]).squeeze(-1))
-        if with_entropy:
-            with torch.no_grad():
-                p = lsm.exp()
-                ents.append(-torch.where(p > 0, p * lsm, torch.zeros((), dtype=p.dtype, device=p.device)).sum(-1))
-    lp = lps[0] if len(lps) == 1 else torch.cat(lps)
-    ent = (ents[0] if len(ents) == 1 else torch.cat(ents)) if with_entropy else None
-    return lp, ent
-
-
-def scatter_rows(values: Tensor, mask: Tensor) -> Tensor:
-    """(N,) values -> (B, T) float32 with ``values`` at the N true positions of ``mask`` (row-major), 0 elsewhere."""
-    return torch.zeros(mask.shape, dtype=torch.float32, device=values.device).masked_scatter(mask, values.float())
+    Returns ``(loss, diag)``; ``diag`` holds detached float32 scalars under the names the trainer logs:
+    ``loss/grpo``, ``loss/adv``, ``loss/sft``, the unweighted terms (additive over micro-batches), and
+    means over this micro-batch's masked rollout tokens (a micro-batch's own values):
+    ``train/clip_frac`` and ``adv/clip_frac``, each term's share of tokens where its clipped branch is
+    active (zero gradient); ``train/ratio_mean``, pi / pi_old, and ``train/approx_kl``, the k3 estimate of
+    KL(pi_old || pi), of the policy ratio that both terms share; ``train/kl``, KL(pi || ref), when the GRPO
+    term is on and ``ref_logp`` is given. With no active term the loss is a zero scalar and ``diag`` empty.
+    """
+    loss, diag = None, {}
+    pg = dict(clip_low=clip_low, clip_high=clip_high, agg=agg, normaliser=normaliser, max_len=max_len)
+    if logp is not None and (weights["rl"] > 0 or weights["adv"] > 0):
+        loss = torch.zeros((), device=logp.device)
+        if weights["rl"] > 0:
+            l_rl, d = grpo_loss(logp, old_logp, adv_rl, mask, beta=beta, ref_logp=ref_logp, kl_kind=kl_kind, **pg)
+            loss = loss + weights["rl"] * l_rl
+            diag["loss/grpo"] = l_rl.detach()
+            diag.update({f"train/{k}": d[k] for k in ("clip_frac", "kl") if k in d})
+        if weights["adv"] > 0:
+            l_adv, d = clipped_pg_loss(logp, old_logp, adv_adv, mask, **pg)
+            loss = loss + weights["adv"] * l_adv
+            diag["loss/adv"] = l_adv.detach()
+            diag["adv/clip_frac"] = d["clip_frac"]
+        diag["train/ratio_mean"], diag["train/approx_kl"] = d["ratio_mean"], d["approx_kl"]  # same in both terms
+    if sft_logp is not None and weights["sft"] > 0:
+        l_sft, _ = sft_nll(sft_logp, sft_mask, agg, sft_normaliser, max_len)
+        term = weights["sft"] * l_sft
+        loss = term if loss is None else loss + term
+        diag["loss/sft"] = l_sft.detach()
+    if loss is None:
+        like = logp if logp is not None else sft_logp
+        loss = torch.zeros((), device=None if like is None else like.device)
+    return loss, diag

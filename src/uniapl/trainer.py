@@ -3,13 +3,16 @@
 Per step (see ``methods.py`` for which parts each method switches on):
   1. draw B_sft expert demonstrations and B_rl prompts (positions derived from the step: resumable);
   2. sample G rollouts per prompt with seeds from (seed, step, prompt index, sample index);
-  3. verifier rewards (IFEval checkers; 0 for rollouts cut at the length cap) and discriminator scores;
-  4. loss = w_sft*SFT + w_rl*GRPO + w_adv*ADV, accumulated over micro-batches with global normalisers;
-  5. one optimizer step; metrics to DVCLive; a checkpoint every ``checkpoint_every`` steps.
+  3. verifier rewards (``ifeval.verifier_reward``; 0 for rollouts cut at the length cap) and discriminator
+     scores, turned into group-normalised advantages;
+  4. loss = w_sft*SFT + w_rl*GRPO + w_adv*ADV (``objectives.step_objective``), accumulated over
+     micro-batches with global normalisers (log-probs: ``models.sequence_logprobs``);
+  5. one optimizer step; metrics to DVCLive; a checkpoint every ``checkpoint_every`` steps (``checkpoint.py``).
 
 Deviations from textbook GRPO, numbered (each is a setting):
   1. One optimizer pass per rollout batch by default (``ppo_epochs=1``), so old_logp = logp.detach() and
-     the ratio is 1 (as TRL's default); clipping acts only when ``ppo_epochs > 1``.
+     the ratio is 1 (as TRL's default); clipping acts only when ``ppo_epochs > 1``. Logged: the ratio's
+     ``train/ratio_mean`` and ``train/approx_kl``, and each term's ``train/clip_frac`` / ``adv/clip_frac``.
   2. No KL penalty by default (``beta=0``; DAPO, Dr.GRPO); k1/k2/k3 available.
   3. Asymmetric clipping (clip_high 0.28, DAPO's clip-higher) and token-mean aggregation by default.
   4. Rollouts truncated at the length cap get zero reward (``truncated_zero_reward``).
@@ -26,72 +29,22 @@ import random
 import signal
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from uniapl import checkpoint as C
 from uniapl import ifeval
 from uniapl import objectives as O
-from uniapl.io import atomic_path, run_metadata, write_json
+from uniapl.io import atomic_path
 from uniapl.methods import METHODS
-from uniapl.models import autocast_dtype, encode_prompt, encode_response, pack, plain_head
+from uniapl.models import Batch, autocast_dtype, encode_prompt, encode_response, pack, sequence_logprobs
 from uniapl.rollout import HFEngine, row_seed
 
 
 class NonFiniteLoss(RuntimeError):
     """A loss term became NaN/inf; the message names the term and the step."""
-
-
-def verifier_reward(row: dict, text: str, truncated: bool, mode: str, truncated_zero: bool) -> float:
-    """IFEval reward: 1/0 all-followed (strict) or the fraction followed; 0 when cut at the cap."""
-    if truncated and truncated_zero:
-        return 0.0
-    strict = ifeval.check_strict(row["prompt"], row["instruction_id_list"], row["kwargs"], text)
-    return float(all(strict)) if mode == "binary" else sum(strict) / len(strict)
-
-
-@dataclass
-class Batch:
-    """Right-padded sequences: ids/attn/lmask (B, T); lmask is 1 on response tokens."""
-
-    ids: torch.Tensor
-    attn: torch.Tensor
-    lmask: torch.Tensor
-
-
-def first_response_position(lmask: torch.Tensor) -> int:
-    """Smallest column holding a response token in any row (>= 1); the logits before it are never used."""
-    cols = lmask.any(0).nonzero()
-    return max(1, int(cols[0])) if len(cols) else lmask.shape[1] - 1
-
-
-def sequence_logprobs(model, batch: Batch, with_entropy: bool = False, autocast_dtype=None):
-    """Per-token log-probs (B, T) aligned with ``batch.lmask`` (position t scores token t; t=0 gets 0),
-    and the per-token entropy (no gradient) when ``with_entropy``.
-
-    Every position where ``lmask`` is 0 gets 0. Only response positions go through the LM head and the
-    log-softmax: for plain-head models (``models.PLAIN_HEAD_MODEL_TYPES``) the head runs on the selected hidden
-    states; otherwise (a DeepSpeed engine, other architectures) the model's forward computes the logits
-    from the first response column on (``logits_to_keep``) and the response positions are selected."""
-    T = batch.ids.shape[1]
-    first = first_response_position(batch.lmask)
-    m = batch.lmask[:, first:].bool()
-    labels = batch.ids[:, first:][m]
-    split = plain_head(model)
-    with torch.autocast(batch.ids.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        if split is not None:
-            dec, head = split
-            hidden = dec(input_ids=batch.ids, attention_mask=batch.attn).last_hidden_state
-            logits = head(hidden[:, first - 1: T - 1][m])  # (N, V)
-        else:
-            logits = model(input_ids=batch.ids, attention_mask=batch.attn, logits_to_keep=T - first + 1).logits[:, :-1][m]
-    lp, ent = O.selected_logprobs(logits, labels, with_entropy)
-    lp = torch.nn.functional.pad(O.scatter_rows(lp, m), (first, 0))
-    if ent is not None:
-        ent = torch.nn.functional.pad(O.scatter_rows(ent, m), (first, 0))
-    return lp, ent
 
 
 class _LazyEncoded:
@@ -266,7 +219,7 @@ class Trainer:
         texts = [self.tok.decode(r, skip_special_tokens=True) for r in out.response_ids]
         rows = [self.demos[i] for i in idx for _ in range(G)]
         trunc = out.truncated.tolist()
-        rewards = torch.tensor([verifier_reward(r, t, tr, cfg.reward, cfg.truncated_zero_reward)
+        rewards = torch.tensor([ifeval.verifier_reward(r, t, tr, cfg.reward, cfg.truncated_zero_reward)
                                 for r, t, tr in zip(rows, texts, trunc)])
         metrics = {"train/reward_mean": rewards.mean().item(), "train/truncated": float(np.mean(trunc)),
                    "train/reward_std_in_group": rewards.view(-1, G).std(-1).mean().item(),
@@ -283,15 +236,23 @@ class Trainer:
         return {"batch": batch, "adv": adv, "adv_adv": adv_adv, "rows": rows, "texts": texts}, metrics
 
     def _accumulate(self, roll, sft, w, epoch) -> dict:
-        """Forward/backward over micro-batches; normalisers are global so the sum equals the full batch."""
+        """Forward/backward of ``objectives.step_objective`` over micro-batches: rollouts (GRPO + ADV),
+        then demonstrations (SFT). Normalisers are global, so the micro-batch losses add up to the full
+        batch's. Returns the step's metrics: ``loss/*`` summed over micro-batches, the other diagnostics
+        averaged over the rollouts (each micro-batch's value weighted by its number of sequences)."""
         cfg = self.cfg
         model = self.ds_engine or self.policy
         mb = cfg.micro_batch
         sums: dict[str, float] = {}
         ws = self.world  # DeepSpeed averages gradients over ranks: scale normalisers down by world size
 
-        def add(k, v):
-            sums[k] = sums.get(k, 0.0) + float(v)
+        def objective(**inputs):
+            return O.step_objective(w, clip_low=cfg.clip_low, clip_high=cfg.clip_high, beta=cfg.beta,
+                                    kl_kind=cfg.kl_kind, agg=cfg.agg, max_len=cfg.max_new_tokens, **inputs)
+
+        def record(diag: dict, n_seq: int) -> None:  # n_seq: the weight of this micro-batch's means
+            for k, v in diag.items():
+                sums[k] = sums.get(k, 0.0) + float(v if k.startswith("loss/") else v * n_seq)
 
         def backward(loss, name):
             if not torch.isfinite(loss):
@@ -318,34 +279,24 @@ class Trainer:
                 if self.ref is not None:
                     with torch.no_grad():
                         ref = sequence_logprobs(self.ref, sl)[0]
-                loss = torch.zeros((), device=lp.device)
-                if w["rl"] > 0:
-                    l_rl, d = O.grpo_loss(lp, old, roll["adv"][s: s + mb].to(lp.device), sl.lmask, cfg.clip_low, cfg.clip_high,
-                                          cfg.beta, ref, cfg.kl_kind, cfg.agg, norm, cfg.max_new_tokens)
-                    loss = loss + w["rl"] * l_rl
-                    add("loss/grpo", l_rl.detach())
-                    add("train/clip_frac", d["clip_frac"] * sl.ids.shape[0])
-                    if "kl" in d:
-                        add("train/kl", d["kl"] * sl.ids.shape[0])
-                if w["adv"] > 0:
-                    l_adv, d = O.clipped_pg_loss(lp, old, roll["adv_adv"][s: s + mb].to(lp.device), sl.lmask, cfg.clip_low,
-                                                 cfg.clip_high, cfg.agg, norm, cfg.max_new_tokens)
-                    loss = loss + w["adv"] * l_adv
-                    add("loss/adv", l_adv.detach())
-                add("train/entropy", O.masked_mean(ent, sl.lmask) * sl.ids.shape[0])
+                loss, diag = objective(logp=lp, old_logp=old, adv_rl=roll["adv"][s: s + mb].to(lp.device),
+                                       adv_adv=roll["adv_adv"][s: s + mb].to(lp.device), mask=sl.lmask,
+                                       ref_logp=ref, normaliser=norm)
+                record(diag, sl.ids.shape[0])
+                record({"train/entropy": O.masked_mean(ent, sl.lmask)}, sl.ids.shape[0])
                 backward(loss, "grpo+adv")
             n = b.ids.shape[0]
-            for k in ("train/clip_frac", "train/kl", "train/entropy"):
-                if k in sums:
+            for k in sums:
+                if not k.startswith("loss/"):
                     sums[k] /= n
         if sft is not None and w["sft"] > 0:
             norm = self._normaliser(sft.lmask) / ws
             for s in range(0, sft.ids.shape[0], mb):
                 sl = self._slice(sft, s, mb)
                 lp, _ = sequence_logprobs(model, sl, autocast_dtype=self.amp)
-                l_sft, _ = O.sft_nll(lp, sl.lmask, cfg.agg, norm, cfg.max_new_tokens)
-                backward(w["sft"] * l_sft, "sft")
-                add("loss/sft", l_sft.detach())
+                loss, diag = objective(sft_logp=lp, sft_mask=sl.lmask, sft_normaliser=norm)
+                backward(loss, "sft")
+                record(diag, sl.ids.shape[0])
         return sums
 
     def _normaliser(self, lmask: torch.Tensor) -> float:
@@ -370,84 +321,21 @@ class Trainer:
                         [r["response"] for r in rows], pol)
         return {f"disc/{k}": float(v) for k, v in d.items() if isinstance(v, (int, float))}
 
-    # ------------------------------------------------------------------ checkpoints
-    def state(self) -> dict:
-        return {"step": self.step, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
-
+    # ------------------------------------------------------------------ checkpoints (see checkpoint.py)
     def save_checkpoint(self, path: Path) -> None:
-        """Model (safetensors), optimizer, scheduler, RNG states and step; written atomically."""
-        from safetensors.torch import save_file
+        """Weights, optimizer, scheduler, RNG states and step, written atomically (DeepSpeed: every rank
+        calls this)."""
         if self.ds_engine is not None:
-            return self._save_ds_checkpoint(path)
-        with atomic_path(path) as tmp:
-            tmp.mkdir()
-            # clone: tied embeddings share memory, which safetensors refuses
-            save_file({k: v.detach().clone().contiguous() for k, v in self.policy.state_dict().items()},
-                      str(tmp / "model.safetensors"))
-            torch.save(self.state(), tmp / "trainer_state.pt")
-            if self.disc_opt is not None:
-                save_file({k: v.detach().clone().contiguous() for k, v in self.disc.state_dict().items()},
-                          str(tmp / "disc.safetensors"))
-                torch.save(self.disc_opt.state_dict(), tmp / "disc_opt.pt")
+            C.save_deepspeed(path, self.ds_engine, self.gathered_policy(), self.rank, self.sched, self.step,
+                             self.disc, self.disc_opt)
+        else:
+            C.save(path, self.policy, self.opt, self.sched, self.step, self.disc, self.disc_opt)
 
     def load_checkpoint(self, path: Path) -> None:
-        from safetensors.torch import load_file
         if self.ds_engine is not None:
-            return self._load_ds_checkpoint(path)
-        self.policy.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
-        st = torch.load(path / "trainer_state.pt", weights_only=True)
-        self.opt.load_state_dict(st["optimizer"])
-        self._restore_common(path, st)
-
-    def _restore_common(self, path: Path, st: dict) -> None:
-        """What both checkpoint kinds restore alike: scheduler, RNG states, step, co-trained discriminator."""
-        from safetensors.torch import load_file
-        self.sched.load_state_dict(st["scheduler"])
-        torch.set_rng_state(st["torch_rng"])
-        random.setstate(st["python_rng"])
-        self.step = st["step"]
-        if self.disc_opt is not None and (path / "disc.safetensors").exists():
-            self.disc.load_state_dict(load_file(str(path / "disc.safetensors")))
-            self.disc_opt.load_state_dict(torch.load(path / "disc_opt.pt", weights_only=True))
-
-    def _save_ds_checkpoint(self, path: Path) -> None:
-        """DeepSpeed: every rank calls this. ``ds/`` holds DeepSpeed's checkpoint (partitioned optimizer
-        states), ``model.safetensors`` the gathered weights (rank 0), ``trainer_state_rank<k>.pt`` each
-        rank's step, scheduler and RNG states. Written to a sibling directory, renamed by rank 0."""
-        from safetensors.torch import save_file
-        tmp = path.parent / f".{path.name}.ds-tmp"
-        if self.rank == 0:
-            import shutil
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        torch.distributed.barrier()
-        self.ds_engine.save_checkpoint(str(tmp / "ds"), tag="ckpt")
-        with self.gathered_policy() as pol:
-            if self.rank == 0:  # clone: tied weights must not share memory in safetensors
-                save_file({k: v.detach().clone().contiguous() for k, v in pol.state_dict().items()},
-                          str(tmp / "model.safetensors"))
-        st = {"step": self.step, "scheduler": self.sched.state_dict(), "torch_rng": torch.get_rng_state(),
-              "python_rng": random.getstate()}
-        torch.save(st, tmp / f"trainer_state_rank{self.rank}.pt")
-        if self.disc_opt is not None and self.rank == 0:
-            save_file({k: v.detach().clone().contiguous() for k, v in self.disc.state_dict().items()},
-                      str(tmp / "disc.safetensors"))
-            torch.save(self.disc_opt.state_dict(), tmp / "disc_opt.pt")
-        torch.distributed.barrier()
-        if self.rank == 0:
-            import shutil
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        torch.distributed.barrier()
-
-    def _load_ds_checkpoint(self, path: Path) -> None:
-        self.ds_engine.load_checkpoint(str(path / "ds"), tag="ckpt", load_optimizer_states=True,
-                                       load_lr_scheduler_states=False)
-        f = path / f"trainer_state_rank{self.rank}.pt"
-        st = torch.load(f if f.exists() else path / "trainer_state_rank0.pt", weights_only=True)
-        self._restore_common(path, st)
+            self.step = C.load_deepspeed(path, self.ds_engine, self.rank, self.sched, self.disc, self.disc_opt)
+        else:
+            self.step = C.load(path, self.policy, self.opt, self.sched, self.disc, self.disc_opt)
 
     # ------------------------------------------------------------------ the run
     def fit(self, live=None, progress: bool = True) -> dict:

@@ -21,29 +21,11 @@ import itertools
 import random
 
 from uniapl.config import WorldConfig
+from uniapl.instructions import (BULLETS, END, FORBID, HIGHLIGHT, INSTRUCTION_TYPES, JSON, KEYWORD, LOWER,  # noqa: F401
+                                 NO_COMMA, PARAS, PS, QUOTE, TITLE, WORDS)
 
 # `uniapl.ifeval` (lm-evaluation-harness + nltk, ~4 s to import) is imported inside the two functions that
-# need it: `uniapl.config` reads INSTRUCTION_TYPES from here when it validates params.yaml, and stages that
-# never check a response (pretrain) should not pay for the checkers.
-
-# --- the instruction types of the world ---------------------------------------------------------
-
-LOWER = "change_case:english_lowercase"
-NO_COMMA = "punctuation:no_comma"
-END = "startend:end_checker"
-TITLE = "detectable_format:title"
-PS = "detectable_content:postscript"
-QUOTE = "startend:quotation"
-JSON = "detectable_format:json_format"
-BULLETS = "detectable_format:number_bullet_lists"
-WORDS = "length_constraints:number_words"
-FORBID = "keywords:forbidden_words"
-KEYWORD = "keywords:existence"
-HIGHLIGHT = "detectable_format:number_highlighted_sections"
-PARAS = "length_constraints:number_paragraphs"
-
-INSTRUCTION_TYPES = (LOWER, NO_COMMA, END, TITLE, PS, QUOTE, JSON, BULLETS, WORDS, FORBID, KEYWORD,
-                     HIGHLIGHT, PARAS)
+# need it: stages that never check a response (pretrain) should not pay for the checkers.
 
 # Pairs that cannot both hold, or that our writer cannot realise together (JSON swallows all layout).
 _LAYOUT = {TITLE, PS, QUOTE, BULLETS, HIGHLIGHT, PARAS, END, LOWER}
