@@ -18,7 +18,7 @@ from uniapl.config import load_params
 from uniapl.discriminator import Discriminator, pairwise_accuracy, train_contrastive
 from uniapl.errors import run_stage
 from uniapl.io import atomic_path, exit_fast, read_jsonl, write_json
-from uniapl.models import encode_prompt, load_policy, load_tokenizer, tiny_qwen3_config
+from uniapl.models import decode_responses, encode_prompt, load_policy, load_tokenizer, tiny_qwen3_config
 from uniapl.rollout import HFEngine, row_seed
 
 
@@ -27,7 +27,7 @@ def sample(model_dir: str, prompts: list[str], seed: int, max_new_tokens: int) -
     engine = HFEngine(load_policy(model_dir), tok, None)
     ids = [encode_prompt(tok, p) for p in prompts]
     out = engine.generate(ids, [row_seed(seed, 0, i) for i in range(len(ids))], 1.0, max_new_tokens)
-    return [tok.decode(r, skip_special_tokens=True) for r in out.response_ids]
+    return decode_responses(tok, out.response_ids)  # scored texts: <think> reasoning stripped (hub models)
 
 
 def main(params_path: str, models: str, demos_path: str, out: str) -> None:

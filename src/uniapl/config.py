@@ -102,11 +102,15 @@ class ModelSpec(TinyArch):
     """A tiny ``Qwen3ForCausalLM`` (embedded) or a hub/local path (paper scale)."""
 
     name_or_path: str | None = None
-    """Paper scale: e.g. Qwen/Qwen3-0.6B. When set, the tiny-architecture fields are ignored."""
+    """Paper scale: e.g. Qwen/Qwen3-0.6B (a hub id, read from the local Hugging Face cache when offline) or a
+    local model directory. When set, the model is used as it is, not trained: the pretrain stage copies its
+    files (safetensors weights, config, its own tokenizer and chat template) to models/<name> and records
+    name, revision and weight hashes; the tiny-architecture fields, corpus, steps, lr, batch_size and warmup
+    are ignored."""
     corpus: str = "expert"
     """Pretraining corpus: 'expert' or a key of world.follow_prob (a student-writer corpus)."""
     steps: int = Field(600, gt=0)
-    """Pretraining optimizer steps."""
+    """Pretraining optimizer steps (ignored when name_or_path is set: a hub model is not trained)."""
     lr: float = Field(1e-3, gt=0)
     """Peak AdamW learning rate of pretraining (linear warm-up, then constant)."""
     batch_size: int = Field(32, gt=0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from uniapl import ifeval
-from uniapl.models import autocast_dtype, encode_prompts, load_policy, load_tokenizer
+from uniapl.models import autocast_dtype, decode_responses, encode_prompts, load_policy, load_tokenizer, strip_thinking
 from uniapl.rollout import HFEngine, row_seed
 
 
@@ -27,8 +27,9 @@ def generate_demos(cfg, teacher: str, rows: list[dict]) -> list[dict]:
     else:
         engine = HFEngine(load_policy(teacher), tok, autocast_dtype(cfg.dtype))
     out = engine.generate(prompts, seeds, cfg.temperature, cfg.max_new_tokens)
-    return [_record(r, tok.decode(ids, skip_special_tokens=True), len(ids), bool(tr), float(lp.sum()))
-            for r, ids, lp, tr in zip(rows, out.response_ids, out.logprobs, out.truncated.tolist())]
+    texts = decode_responses(tok, out.response_ids)
+    return [_record(r, text, len(ids), bool(tr), float(lp.sum()))
+            for r, text, ids, lp, tr in zip(rows, texts, out.response_ids, out.logprobs, out.truncated.tolist())]
 
 
 def openai_request(cfg, row: dict, index: int) -> dict:
@@ -41,7 +42,7 @@ def openai_request(cfg, row: dict, index: int) -> dict:
 def parse_openai_response(row: dict, resp: dict) -> dict:
     """Turn a chat-completions JSON response into a demonstration record."""
     choice = resp["choices"][0]
-    text = choice["message"]["content"] or ""
+    text = strip_thinking(choice["message"]["content"] or "")
     lps = (choice.get("logprobs") or {}).get("content") or []
     return _record(row, text, len(lps) if lps else resp.get("usage", {}).get("completion_tokens", 0),
                    choice.get("finish_reason") == "length", sum(t["logprob"] for t in lps) if lps else None)

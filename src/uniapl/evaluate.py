@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from uniapl import ifeval
-from uniapl.models import autocast_dtype, encode_prompt
+from uniapl.models import autocast_dtype, decode_response, encode_prompt
 from uniapl.rollout import HFEngine, row_seed
 
 
@@ -41,7 +41,8 @@ def evaluate_model(model, tokenizer, rows: list[dict], max_new_tokens: int, n_sa
 
 
 def decode(tokenizer, ids: list[int]) -> str:
-    return tokenizer.decode(ids, skip_special_tokens=True)
+    """The scored text of a response (:func:`~uniapl.models.decode_response`: any thinking stripped)."""
+    return decode_response(tokenizer, ids)
 
 
 @torch.no_grad()

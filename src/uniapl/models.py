@@ -113,6 +113,33 @@ def build_policy(spec, tokenizer, seed: int) -> torch.nn.Module:
     return Qwen3ForCausalLM(cfg)
 
 
+# Weight formats other than safetensors: never copied from a hub model (every stage loads safetensors only).
+OTHER_WEIGHT_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.gguf", "*.ot")
+
+
+def resolve_pretrained(name_or_path: str | Path) -> tuple[Path, str | None]:
+    """(local directory, revision) of a model given by path or hub id, read as ``load_policy`` reads it
+    (see ``_from_pretrained``): a local directory must hold config.json; a hub id is the snapshot in the
+    local Hugging Face cache (``huggingface_hub.snapshot_download``: cache only when ``HF_HUB_OFFLINE`` is
+    set, else it may download, safetensors weights only). The revision is the snapshot's commit hash, known
+    for a hub id or a path inside the cache (``.../snapshots/<commit>``), else None. A missing directory or
+    an unknown/uncached hub id is a UserError."""
+    import re
+
+    from huggingface_hub import constants, snapshot_download
+
+    def locate(s: str, **_) -> Path:
+        if Path(s).is_dir():
+            return Path(s)
+        return Path(snapshot_download(s, local_files_only=constants.HF_HUB_OFFLINE,
+                                      ignore_patterns=list(OTHER_WEIGHT_PATTERNS)))
+
+    d = _from_pretrained(locate, name_or_path, "model", ("config.json",))
+    real = d.resolve()
+    rev = real.name if real.parent.name == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", real.name) else None
+    return d, rev
+
+
 def load_policy(path: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
     """``AutoModelForCausalLM`` for a saved run or a hub id such as ``Qwen/Qwen3-0.6B`` (safetensors only);
     a missing directory is a UserError naming it (see ``_from_pretrained``)."""
@@ -222,21 +249,77 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def encode_prompt(tokenizer, prompt: str) -> list[int]:
+def encode_prompt(tokenizer, prompt: str, enable_thinking: bool = False) -> list[int]:
+    """The chat template of one user turn, with the generation prompt.
+
+    ``enable_thinking``: passed to the template. Qwen3's template reads it: False (the default) renders the
+    assistant turn's empty ``<think>\n\n</think>\n\n`` block, so the model answers without reasoning (the
+    paper's setting); the embedded world's template ignores it (the same ids either way)."""
     return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=True, return_dict=False)
+                                         tokenize=True, return_dict=False, enable_thinking=enable_thinking)
 
 
 def encode_response(tokenizer, response: str) -> list[int]:
     return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
-def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+def encode_prompts(tokenizer, prompts: list[str], enable_thinking: bool = False) -> list[list[int]]:
     """:func:`encode_prompt` of each prompt, in one batched call (the same ids; 2x faster on a corpus)."""
     if not prompts:
         return []
     return tokenizer.apply_chat_template([[{"role": "user", "content": p}] for p in prompts],
-                                         add_generation_prompt=True, tokenize=True, return_dict=False)
+                                         add_generation_prompt=True, tokenize=True, return_dict=False,
+                                         enable_thinking=enable_thinking)
+
+
+THINK_START, THINK_END = "<think>", "</think>"
+
+
+def strip_thinking(text: str) -> str:
+    """The answer part of a response: the text after the last ``</think>``, left-stripped, as
+    lm-evaluation-harness does for reasoning models (``think_end_token``; the harness's fix for Qwen3). A
+    response that opens ``<think>`` and never closes it (cut while reasoning) has no answer: "" (the harness
+    would keep such text). Text without ``</think>`` and not starting with ``<think>`` is returned as is."""
+    if THINK_END in text:
+        return text.split(THINK_END)[-1].lstrip()
+    if text.lstrip().startswith(THINK_START):
+        return ""
+    return text
+
+
+def thinking_token_ids(tokenizer) -> tuple[int | None, int | None] | None:
+    """(id of ``<think>``, id of ``</think>``) when ``</think>`` is an added token of ``tokenizer`` (Qwen3 and
+    other reasoning models), else None: the embedded world's tokenizer has none, so its responses are
+    decoded exactly as before."""
+    added = tokenizer.get_added_vocab()
+    return (added.get(THINK_START), added[THINK_END]) if THINK_END in added else None
+
+
+def decode_responses(tokenizer, response_ids: list[list[int]]) -> list[str]:
+    """The texts that are scored (IFEval, the verifier reward, the discriminator, teacher demonstrations):
+    each response decoded without special tokens and, for a tokenizer with thinking tokens, with its
+    ``<think>...</think>`` reasoning stripped (:func:`strip_thinking`; cut at the token too, so a tokenizer
+    that marks the tags special, and drops them when decoding, is stripped as well)."""
+    think = thinking_token_ids(tokenizer)
+    out = []
+    for ids in response_ids:
+        if think is None:
+            out.append(tokenizer.decode(ids, skip_special_tokens=True))
+            continue
+        ids, (start, end) = list(ids), think
+        if end in ids:
+            ids = ids[len(ids) - ids[::-1].index(end):]
+            out.append(strip_thinking(tokenizer.decode(ids, skip_special_tokens=True).lstrip()))
+        elif ids and ids[0] == start:
+            out.append("")
+        else:
+            out.append(strip_thinking(tokenizer.decode(ids, skip_special_tokens=True)))
+    return out
+
+
+def decode_response(tokenizer, ids: list[int]) -> str:
+    """:func:`decode_responses` of one response."""
+    return decode_responses(tokenizer, [ids])[0]
 
 
 def encode_responses(tokenizer, responses: list[str]) -> list[list[int]]:

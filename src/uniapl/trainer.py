@@ -39,7 +39,8 @@ from uniapl import ifeval
 from uniapl import objectives as O
 from uniapl.io import atomic_path
 from uniapl.methods import METHODS
-from uniapl.models import Batch, autocast_dtype, encode_prompt, encode_response, pack, sequence_logprobs
+from uniapl.models import (Batch, autocast_dtype, decode_responses, encode_prompt, encode_response, pack,
+                           sequence_logprobs)
 from uniapl.rollout import HFEngine, row_seed
 
 
@@ -216,7 +217,7 @@ class Trainer:
         seeds = [row_seed(cfg.seed, step, i, g) for i in idx for g in range(G)]
         with self._generation_context():
             out = self.engine.generate(prompts, seeds, cfg.temperature, cfg.max_new_tokens)
-        texts = [self.tok.decode(r, skip_special_tokens=True) for r in out.response_ids]
+        texts = decode_responses(self.tok, out.response_ids)
         rows = [self.demos[i] for i in idx for _ in range(G)]
         trunc = out.truncated.tolist()
         rewards = torch.tensor([ifeval.verifier_reward(r, t, tr, cfg.reward, cfg.truncated_zero_reward)
