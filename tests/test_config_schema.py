@@ -121,3 +121,15 @@ def test_config_is_the_bottom_floor():
     assert loaded == {"uniapl.config", "uniapl.errors", "uniapl.instructions", "uniapl.methods"}, loaded
     for mod in loaded - {"uniapl.config"}:
         assert "config" not in _module_level_imports(SRC / f"{mod.split('.')[1]}.py"), mod
+
+
+def test_vllm_is_cap_needs_the_vllm_engine():
+    """The importance-sampling correction is between vLLM's sampler and the trainer: with hf both are the
+    same computation, so a cap there is a mistake, named by its place in the file."""
+    with pytest.raises(C.ConfigError) as e:
+        C.load_params(ROOT / "params.yaml", {"train": {"vllm_is_cap": 2.0}})
+    assert "vllm_is_cap needs rollout_engine=vllm" in str(e.value)
+    p = C.load_params(ROOT / "params.yaml", {"train": {"rollout_engine": "vllm", "vllm_is_cap": 2.0}})
+    assert C.run_config(p, "grpo", "student-s", 0).vllm_is_cap == 2.0
+    with pytest.raises(C.ConfigError, match="vllm_is_cap"):
+        C.load_params(ROOT / "params.yaml", {"train": {"rollout_engine": "vllm", "vllm_is_cap": 0.5}})

@@ -294,14 +294,17 @@ def trl_grpo():
     return grpo_trainer.GRPOTrainer, nanstd
 
 
-def _trl_loss(GRPOTrainer, loss_type, logp, old, ref, adv, mask, beta, max_len, num_items=None, ga_steps=1):
-    """Run TRL's real ``GRPOTrainer._compute_loss`` on a stub ``self`` whose forward returns ``logp``."""
+def _trl_loss(GRPOTrainer, loss_type, logp, old, ref, adv, mask, beta, max_len, num_items=None, ga_steps=1,
+              is_ratio=None):
+    """Run TRL's real ``GRPOTrainer._compute_loss`` on a stub ``self`` whose forward returns ``logp``
+    (``is_ratio``: the importance-sampling ratio of its vLLM correction, (B, T); None: off)."""
     ident = lambda x, **_: x  # single process: gather/reduce are identities
     stub = SimpleNamespace(
         _get_per_token_logps_and_entropies=lambda *a, **k: (logp, torch.zeros_like(logp), None),
         top_entropy_quantile=1.0, aux_loss_enabled=False, off_policy_mask_threshold=None,
         importance_sampling_level="token", beta=beta, loss_type=loss_type,
-        epsilon_low=CLIP_LOW, epsilon_high=CLIP_HIGH, use_vllm=False, vllm_importance_sampling_correction=False,
+        epsilon_low=CLIP_LOW, epsilon_high=CLIP_HIGH, use_vllm=is_ratio is not None,
+        vllm_importance_sampling_correction=is_ratio is not None,
         model=SimpleNamespace(training=True), current_gradient_accumulation_steps=ga_steps,
         max_completion_length=max_len, _entropy_bonus_enabled=False, _metrics={"train": defaultdict(list)},
         args=SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=ga_steps),
@@ -314,6 +317,8 @@ def _trl_loss(GRPOTrainer, loss_type, logp, old, ref, adv, mask, beta, max_len, 
         "advantages": adv, "old_per_token_logps": old, "ref_per_token_logps": ref,
         "num_items_in_batch": torch.tensor(float(mask.sum() if num_items is None else num_items)),
     }
+    if is_ratio is not None:
+        inputs["importance_sampling_ratio"] = is_ratio
     loss = GRPOTrainer._compute_loss(stub, None, inputs)
     return loss, stub._metrics["train"]
 
@@ -345,6 +350,29 @@ def test_grpo_loss_matches_trl(trl_grpo, loss_type, beta):
         assert math.isclose(d["kl"].item(), metrics["kl"][-1], rel_tol=1e-5)
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+@pytest.mark.parametrize("loss_type", ["dapo", "dr_grpo"])
+def test_importance_weighted_grpo_loss_matches_trl(trl_grpo, loss_type, beta):
+    """TRL's vllm_importance_sampling_correction (token_truncate) given our capped weights == our
+    token_weights: the same tokens weighted, the KL term not."""
+    from uniapl.trainer import importance_weights
+    GRPOTrainer, _ = trl_grpo
+    logp, old, ref, adv, _, mask = _batch()
+    sampler = old + 0.5 * torch.randn(old.shape, generator=torch.Generator().manual_seed(5))
+    w, d = importance_weights(old, sampler, mask, cap=1.5)
+    assert 0 < d["train/is_capped_frac"] < 1
+    a = logp.clone().requires_grad_()
+    trl_loss, _ = _trl_loss(GRPOTrainer, loss_type, a, old, ref, adv, mask, beta, MAX_LEN, is_ratio=w)
+    trl_loss.backward()
+    b = logp.clone().requires_grad_()
+    ours, _ = O.grpo_loss(b, old, adv, mask, CLIP_LOW, CLIP_HIGH, beta=beta, ref_logp=ref, agg=TRL_MAP[loss_type],
+                          max_len=MAX_LEN, token_weights=w)
+    ours.backward()
+    assert torch.allclose(ours, trl_loss, atol=1e-6) and torch.allclose(b.grad, a.grad, atol=1e-7)
+    assert not torch.allclose(ours, O.grpo_loss(logp, old, adv, mask, CLIP_LOW, CLIP_HIGH, beta=beta, ref_logp=ref,
+                                                agg=TRL_MAP[loss_type], max_len=MAX_LEN)[0])
+
+
 def test_dapo_accumulation_matches_trl(trl_grpo):
     """TRL "dapo" with 2 accumulation steps (steps_per_generation=2) == our token-mean, global normaliser."""
     GRPOTrainer, _ = trl_grpo
@@ -369,3 +397,102 @@ def test_group_advantages_match_trl(trl_grpo):
     assert torch.allclose(O.group_advantages(rewards, G, eps=1e-4), trl_adv, atol=1e-6)
     assert torch.allclose(O.group_advantages(rewards, G, scale_std=False), trl_adv_none)
     assert torch.allclose(std_rewards[::G], rewards.view(-1, G).std(dim=1))  # TRL's std is the unbiased one
+
+
+# ----------------------------------------------------------------------------- importance-sampling correction
+
+
+def test_token_weights_multiply_the_token_losses_hand_values():
+    old, mask = torch.zeros(1, 3), torch.ones(1, 3)
+    logp = torch.log(torch.tensor([[0.5, 1.1, 1.5]])).requires_grad_()  # ratios 0.5, 1.1, 1.5; A = +1, eps 0.2
+    w = torch.tensor([[2.0, 0.5, 1.0]])
+    loss, d = O.clipped_pg_loss(logp, old, torch.tensor([1.0]), mask, 0.2, 0.2, "token-mean", token_weights=w)
+    assert torch.allclose(loss, torch.tensor(-(2.0 * 0.5 + 0.5 * 1.1 + 1.0 * 1.2) / 3))
+    assert torch.allclose(d["clip_frac"], torch.tensor(1 / 3))
+    assert torch.allclose(d["ratio_mean"], torch.tensor(3.1 / 3))
+    loss.backward()  # d/dlogp of -w*r/3 on unclipped tokens; the weights themselves get no gradient
+    assert torch.allclose(logp.grad, torch.tensor([[-2.0 * 0.5 / 3, -0.5 * 1.1 / 3, 0.0]]))
+    wg = w.clone().requires_grad_()
+    loss, _ = O.clipped_pg_loss(logp, old, torch.tensor([1.0]), mask, 0.2, 0.2, "token-mean", token_weights=wg)
+    loss.backward()
+    assert wg.grad is None  # detached
+
+
+def test_token_weights_touch_only_the_pg_terms_of_grpo():
+    logp, old, ref, adv, scores, mask = _batch()
+    w = torch.full_like(logp, 0.5)
+    kw = dict(beta=0.1, ref_logp=ref, normaliser=10.0)
+    l1, d1 = O.grpo_loss(logp, old, adv, mask, CLIP_LOW, CLIP_HIGH, token_weights=w, **kw)
+    pg, _ = O.clipped_pg_loss(logp, old, adv, mask, CLIP_LOW, CLIP_HIGH, normaliser=10.0)
+    l0, _ = O.grpo_loss(logp, old, adv, mask, CLIP_LOW, CLIP_HIGH, **kw)
+    assert torch.allclose(l1, l0 - 0.5 * pg)  # half the surrogate, the whole KL term
+    assert torch.equal(d1["kl"], O.grpo_loss(logp, old, adv, mask, CLIP_LOW, CLIP_HIGH, **kw)[1]["kl"])
+
+
+@pytest.mark.parametrize("agg", AGGS)
+def test_token_weights_of_ones_equal_none_bitwise(agg):
+    logp, old, ref, adv, scores, mask = _batch()
+    ones = torch.ones_like(logp)
+    kw = dict(clip_low=CLIP_LOW, clip_high=CLIP_HIGH, beta=0.1, agg=agg, normaliser=7.0, sft_normaliser=5.0,
+              max_len=MAX_LEN)
+    out = []
+    for tw in (None, ones):
+        a = logp.clone().requires_grad_()
+        extra = {} if tw is None else {"token_weights": tw}
+        loss, d = O.step_objective(WEIGHTS, logp=a, old_logp=old, adv_rl=adv, adv_adv=scores, mask=mask,
+                                   ref_logp=ref, sft_logp=a, sft_mask=mask, **kw, **extra)
+        loss.backward()
+        out.append((loss.detach(), d, a.grad))
+    (l0, d0, g0), (l1, d1, g1) = out
+    assert torch.equal(l0, l1) and torch.equal(g0, g1) and d0.keys() == d1.keys()
+    assert all(torch.equal(d0[k], d1[k]) for k in d0)
+
+
+def test_step_objective_weights_both_pg_terms():
+    logp, old, ref, adv, scores, mask = _batch()
+    w = torch.rand(logp.shape, generator=torch.Generator().manual_seed(3)) * 2
+    kw = dict(clip_low=CLIP_LOW, clip_high=CLIP_HIGH, normaliser=10.0)
+    loss, _ = O.step_objective({"sft": 0.0, "rl": 1.0, "adv": 0.3}, logp=logp, old_logp=old, adv_rl=adv,
+                               adv_adv=scores, mask=mask, token_weights=w, **kw)
+    l_rl, _ = O.grpo_loss(logp, old, adv, mask, token_weights=w, **kw)
+    l_adv, _ = O.clipped_pg_loss(logp, old, scores, mask, token_weights=w, **kw)
+    assert torch.equal(loss, torch.zeros(()) + 1.0 * l_rl + 0.3 * l_adv)
+    assert not torch.allclose(l_rl, O.grpo_loss(logp, old, adv, mask, **kw)[0])
+
+
+def test_importance_weights_cap_and_diagnostics():
+    from uniapl.trainer import importance_weights
+    old = torch.log(torch.tensor([[0.5, 0.5, 0.9, 0.2]]))
+    sampler = torch.log(torch.tensor([[0.25, 0.5, 0.3, float("nan")]]))  # ratios 2, 1, 3; the 4th: none
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0]])
+    w, d = importance_weights(old, sampler, mask, cap=2.5)
+    assert torch.allclose(w, torch.tensor([[2.0, 1.0, 2.5, 1.0]]))
+    assert math.isclose(d["train/is_ratio_mean"].item(), (2 + 1 + 3) / 3, rel_tol=1e-6)
+    assert math.isclose(d["train/is_capped_frac"].item(), 1 / 3, rel_tol=1e-6)
+    w, d = importance_weights(old, sampler, torch.tensor([[1.0, 1.0, 0.0, 0.0]]), cap=1.5)
+    assert torch.allclose(w, torch.tensor([[1.5, 1.0, 1.0, 1.0]]))  # masked: 1
+    assert math.isclose(d["train/is_capped_frac"].item(), 1 / 2)
+    w, d = importance_weights(old, sampler, mask, cap=None)  # off: weights 1, the ratio still measured
+    assert torch.equal(w, torch.ones(1, 4)) and d["train/is_capped_frac"] == 0
+    assert math.isclose(d["train/is_ratio_mean"].item(), 2.0, rel_tol=1e-6)
+
+
+def test_sampler_logprobs_align_with_the_packed_response_positions():
+    from uniapl.models import pack
+    from uniapl.trainer import sampler_logprobs
+    EOT = 9
+    prompts = [[1, 2, 3], [4], [5, 6]]
+    resp = [[7, 8, EOT], [7, 7, 7, 7], [EOT]]  # ends with the end-of-turn token; cut at the cap; only EOT
+    lps = [torch.tensor([-0.1, -0.2, -0.3]), torch.tensor([-1.0, -2.0, -3.0, -4.0]), torch.tensor([-0.5])]
+    ids, attn, lm = pack(prompts, resp, 0)
+    got = sampler_logprobs(lps, lm)
+    assert got.shape == lm.shape
+    for b, (p, r) in enumerate(zip(prompts, resp)):
+        # position t of the packed row scores token t (sequence_logprobs' convention): the response's tokens
+        assert torch.equal(ids[b, len(p): len(p) + len(r)], torch.tensor(r))
+        assert torch.equal(got[b, len(p): len(p) + len(r)], lps[b])
+        assert got[b].count_nonzero() == len(r)
+    empty = sampler_logprobs([lps[0], lps[1], torch.zeros(0)], lm)  # an empty response packed as [EOT]
+    assert torch.isnan(empty[2, 2]) and torch.equal(empty[:2], got[:2])
+    with pytest.raises(ValueError, match="row 0: 2 sampler log-probs for 3 response tokens"):
+        sampler_logprobs([lps[0][:2], lps[1], lps[2]], lm)

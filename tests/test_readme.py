@@ -108,3 +108,12 @@ def test_readme_links_every_doc():
 def test_hosts_are_named_by_cpu_not_by_work_session(doc):
     hits = [line.strip() for line in doc.read_text().splitlines() if SESSION.search(line)]
     assert not hits, f"{doc.relative_to(ROOT)} names a work session instead of a host (CPU, flags, date): {hits}"
+
+
+def test_readme_deviations_table_is_the_reports():
+    """The README's deviations table is paper/deviations.md's (which the report prints), row for row."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Deviations and guesses", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    report_rows = [line for line in (ROOT / "paper" / "deviations.md").read_text().splitlines() if line.startswith("|")]
+    assert rows == report_rows

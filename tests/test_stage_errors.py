@@ -125,11 +125,13 @@ MISSING_DIR = [
     (["experiments/pretrain.py", "--model", "teacher"], "data/world/tokenizer: no such tokenizer directory"),
     (["experiments/teacher_demos.py"], "models/teacher: no such tokenizer directory"),
     (["experiments/discriminator.py"], "models/teacher: no such tokenizer directory"),
+    (["experiments/aggregate.py", "--results", "nowhere"], "nowhere/eval: no such directory"),
 ]
 
 
 @pytest.mark.parametrize("argv, needle", MISSING_DIR, ids=[
-    "train-models", "train-teacher", "train-discriminator", "evaluate", "pretrain", "teacher_demos", "discriminator"])
+    "train-models", "train-teacher", "train-discriminator", "evaluate", "pretrain", "teacher_demos", "discriminator",
+    "aggregate"])
 def test_a_missing_model_or_data_directory_is_named(tmp_path, params_file, argv, needle):
     _write_jsonl(tmp_path / "data/teacher_demos.jsonl", [ROW] * 3)
     _write_jsonl(tmp_path / "data/world/train.jsonl", [ROW] * 3)
@@ -219,3 +221,13 @@ def test_a_hub_id_that_cannot_be_found_is_a_user_error(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="no-such-org/no-such-model: no such tokenizer directory, and no such model "
                                         "on the Hugging Face Hub"):
         load_tokenizer("no-such-org/no-such-model")
+
+
+def test_train_checks_its_evaluation_inputs_before_training(tmp_path, params_file):
+    """`train.py --evaluate` with a test split missing fails before any training (no run directory)."""
+    _write_jsonl(tmp_path / "data/teacher_demos.jsonl", [ROW] * 3)
+    (tmp_path / "models/teacher").mkdir(parents=True)
+    r = run([str(ROOT / "experiments/train.py"), "--params", params_file(), "--method", "sft", "--evaluate"],
+            tmp_path, check=False)
+    _user_error(r, "data/world/in_domain.jsonl: no such file")
+    assert not (tmp_path / "runs").exists()

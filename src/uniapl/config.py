@@ -221,29 +221,37 @@ class TrainConfig(Strict):
     seed: int = 0
     """Seed of the data order and of every rollout (rollout seeds derive from (seed, step, prompt, sample))."""
     steps: int = Field(60, gt=0)
-    """Optimizer steps of the run."""
+    """Optimizer steps of the run (the paper trains hundreds on 8 GPUs; our budget is set in params.yaml) [ours]."""
     lr: float = Field(1e-4, gt=0)
-    """Peak AdamW learning rate (betas 0.9/0.95, no weight decay), after a linear warm-up."""
+    """Peak AdamW learning rate (betas 0.9/0.95 as DAPO/verl's actor, no weight decay), after a linear warm-up [ours]."""
     warmup: int = Field(5, ge=0)
-    """Linear learning-rate warm-up steps (then constant)."""
+    """Linear learning-rate warm-up steps, then constant (TRL's `warmup_steps` with a constant schedule) [ours]."""
     # --- batch
     batch_rl: int = Field(8, ge=1)
-    """RL prompts per step (B_rl); each gets `group_size` rollouts."""
+    """RL prompts per step (B_rl; the paper's RL batch, scaled down) [ours]; each gets `group_size` rollouts."""
     group_size: int = Field(8, ge=2)
     """G rollouts per prompt (GRPO's group; its advantages are centred within the group)."""
     batch_sft: int = Field(16, ge=1)
-    """Expert demonstrations per step (B_sft)."""
+    """Expert demonstrations per step (B_sft; UniAPL mixes both kinds in every batch) [ours: the size]."""
     micro_batch: int = Field(64, ge=1)
-    """Sequences per forward/backward (gradient accumulation over micro-batches; the loss does not depend
-    on it: normalisers are global)."""
+    """Sequences per forward/backward (gradient accumulation, as TRL's `per_device_train_batch_size`; the loss
+    does not depend on it: normalisers are global, as TRL's `num_items_in_batch`)."""
     # --- sampling
     max_new_tokens: int = Field(128, gt=0)
-    """Length cap of a rollout (also the L of the `seq-mean-token-sum-norm` aggregation)."""
+    """Length cap of a rollout (TRL's `max_completion_length`; also the L of `seq-mean-token-sum-norm`) [ours: the value]."""
     temperature: float = Field(1.0, gt=0)
-    """Rollout sampling temperature."""
+    """Rollout sampling temperature (1.0: TRL's default, and DAPO's)."""
     rollout_engine: Literal["hf", "vllm"] = "hf"
-    """Decoding engine of the rollouts. Only `hf` (our KV-cache sampler on the policy itself) is wired today:
-    the trainer does not read this setting yet; `vllm` is validated and left to the vLLM-rollouts issue."""
+    """Decoding engine of the rollouts: `hf` (our KV-cache sampler on the policy itself) or `vllm` (a vLLM
+    engine colocated in the trainer's process, weights synced before every step's generation; server mode
+    is not implemented)."""
+    vllm_gpu_memory_utilization: float = Field(0.1, gt=0, le=1)
+    """rollout_engine vllm: share of GPU memory vLLM may take (CPU: share of RAM, less this process's, for KV)."""
+    vllm_enforce_eager: bool = True
+    """rollout_engine vllm: no CUDA graphs (faster start, slower decoding; required on CPU)."""
+    vllm_is_cap: float | None = Field(None, ge=1)
+    """rollout_engine vllm: truncated importance-sampling correction, each token's PG loss times
+    min(pi_old / pi_sampler, cap), as TRL's `vllm_importance_sampling_cap` (None: off)."""
     # --- the policy-gradient loss
     ppo_epochs: int = Field(1, ge=1)
     """Optimizer passes over each batch of rollouts (1: on-policy, ratio = 1 as in TRL's default
@@ -265,7 +273,7 @@ class TrainConfig(Strict):
     """Divide group-centred rewards by the group std (GRPO); off: Dr.GRPO's unscaled advantages (TRL
     `scale_rewards=False`)."""
     grad_clip: float = Field(1.0, gt=0)
-    """Global gradient-norm clip before each optimizer step."""
+    """Global gradient-norm clip before each optimizer step (1.0: TRL's `max_grad_norm` default)."""
     # --- the verifier reward
     reward: Literal["binary", "fraction"] = "binary"
     """binary: 1 if every instruction is followed (strict, as IFEval's prompt-level metric); fraction: share
@@ -294,14 +302,15 @@ class TrainConfig(Strict):
     disc_cotrain: bool = False
     """GAIL-style ablation (Ho & Ermon 2016): update the discriminator on expert vs policy samples each step."""
     disc_lr: float = Field(1e-4, gt=0)
-    """AdamW learning rate of the co-trained discriminator."""
+    """AdamW learning rate of the co-trained discriminator (GAIL ablation) [ours]."""
     # --- system
     checkpoint_every: int = Field(20, ge=1)
     """Steps between checkpoints (atomic; a killed run resumes from the last one bit for bit)."""
     dtype: Literal["bf16", "fp32"] = "fp32"
-    """Autocast dtype of forward and backward (weights and optimizer states stay fp32)."""
+    """Autocast dtype of forward and backward (weights and optimizer states stay fp32; bf16 as the paper's GPUs,
+    fp32 on CPUs without fast bf16 at this model size)."""
     threads: int = Field(2, ge=1)
-    """torch intra-op threads."""
+    """torch intra-op threads (part of a run's numerics: another count gives other bits)."""
     device: str = "auto"
     """auto: cuda when available, else cpu; or an explicit torch device string."""
     distributed: Literal["none", "deepspeed"] = "none"
@@ -317,6 +326,8 @@ class TrainConfig(Strict):
             raise ValueError(f"mu_valley ({self.mu_valley}) must not exceed mu_peak ({self.mu_peak})")
         if self.rollout_engine == "vllm" and self.distributed == "deepspeed" and self.zero_stage == 3:
             raise ValueError("rollout_engine=vllm with ZeRO-3 is not supported (weights are partitioned)")
+        if self.vllm_is_cap is not None and self.rollout_engine != "vllm":
+            raise ValueError("vllm_is_cap needs rollout_engine=vllm (with hf the sampler is the policy itself)")
         if self.disc_cotrain and METHODS[self.method].adv == "none":
             raise ValueError(f"disc_cotrain needs a method with an adversarial term, not '{self.method}'")
         return self

@@ -83,7 +83,7 @@ def evaluate_and_score(params, model, tokenizer, name: str, world_dir: str = "da
     res = Path(results_dir)
     for split in splits:
         t0 = time.time()
-        rows = read_jsonl(f"{world_dir}/{split}.jsonl")
+        rows = read_jsonl(f"{world_dir}/{split}.jsonl", keys=("key", "prompt", "instruction_id_list", "kwargs"))
         metrics, out_rows = evaluate_model(model, tokenizer, rows, e.max_new_tokens,
                                            e.n_sampled if n_sampled is None else n_sampled, e.temperature,
                                            e.seed, e.batch_size, autocast_dtype(e.dtype))
@@ -95,7 +95,8 @@ def evaluate_and_score(params, model, tokenizer, name: str, world_dir: str = "da
     greedy = read_jsonl(res / "eval" / name / "in_domain.jsonl")
     prompts, responses = [r["prompt"] for r in greedy], [r["response"] for r in greedy]
     self_scored = A.score_mean_logprobs(model, tokenizer, prompts, responses)
-    heldout = [(r["prompt"], r["response"]) for r in read_jsonl(f"{world_dir}/base_heldout.jsonl")]
+    heldout = [(r["prompt"], r["response"]) for r in read_jsonl(f"{world_dir}/base_heldout.jsonl",
+                                                                              keys=("prompt", "response"))]
     write_json(res / "ppl" / f"{name}.json", {"ppl": A.perplexity(model, tokenizer, heldout)})
     if teacher_dir is None:
         teacher_scored = self_scored

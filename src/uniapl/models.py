@@ -75,9 +75,32 @@ def _from_pretrained(load, path: str | Path, kind: str, files: tuple[str, ...], 
     try:
         return load(s, **kwargs)
     except (OSError, ValueError) as e:
+        if not _is_hub_lookup_failure(e):
+            raise  # disk, permission, gated-repo, format or architecture problems are not a mistyped path
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{s}: no such {kind} directory, and no such model on the Hugging Face Hub ({why}); "
                         f"{_made_by(s)}") from None
+
+
+# What transformers says (it wraps huggingface_hub's errors in an OSError) when an id names nothing it can
+# find: not on disk, not on the Hub, not in the offline cache, or not a valid id at all.
+_HUB_LOOKUP_MESSAGES = ("is not a local folder and is not a valid model identifier", "not a valid model identifier",
+                        "Repo id must", "We couldn't connect to", "offline mode", "Offline mode",
+                        "Cannot find the requested files in the local cache", "does not exist on the Hub")
+
+
+def _is_hub_lookup_failure(e: BaseException) -> bool:
+    """``e`` (or what it wraps) says the id was not found, offline or invalid: a user's mistake."""
+    from huggingface_hub import errors as hub_errors
+    kinds = tuple(getattr(hub_errors, n) for n in ("RepositoryNotFoundError", "RevisionNotFoundError",
+                                                   "LocalEntryNotFoundError", "OfflineModeIsEnabled",
+                                                   "HFValidationError") if hasattr(hub_errors, n))
+    seen = 0
+    while e is not None and seen < 5:
+        if (kinds and isinstance(e, kinds)) or any(m in str(e) for m in _HUB_LOOKUP_MESSAGES):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):

