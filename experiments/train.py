@@ -25,7 +25,8 @@ from uniapl.errors import MissingPathError, UserError, run_stage
 from uniapl.io import atomic_path, exit_fast, read_jsonl, run_metadata, write_json
 from uniapl.methods import METHODS
 from uniapl.models import load_policy, load_tokenizer
-from uniapl.trainer import Trainer, build_vllm_engine
+from uniapl.rollout import build_vllm_engine
+from uniapl.trainer import Trainer
 
 
 def parse_sets(items: list[str]) -> dict:

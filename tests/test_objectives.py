@@ -355,7 +355,7 @@ def test_grpo_loss_matches_trl(trl_grpo, loss_type, beta):
 def test_importance_weighted_grpo_loss_matches_trl(trl_grpo, loss_type, beta):
     """TRL's vllm_importance_sampling_correction (token_truncate) given our capped weights == our
     token_weights: the same tokens weighted, the KL term not."""
-    from uniapl.trainer import importance_weights
+    from uniapl.objectives import importance_weights
     GRPOTrainer, _ = trl_grpo
     logp, old, ref, adv, _, mask = _batch()
     sampler = old + 0.5 * torch.randn(old.shape, generator=torch.Generator().manual_seed(5))
@@ -461,7 +461,7 @@ def test_step_objective_weights_both_pg_terms():
 
 
 def test_importance_weights_cap_and_diagnostics():
-    from uniapl.trainer import importance_weights
+    from uniapl.objectives import importance_weights
     old = torch.log(torch.tensor([[0.5, 0.5, 0.9, 0.2]]))
     sampler = torch.log(torch.tensor([[0.25, 0.5, 0.3, float("nan")]]))  # ratios 2, 1, 3; the 4th: none
     mask = torch.tensor([[1.0, 1.0, 1.0, 1.0]])
@@ -479,7 +479,7 @@ def test_importance_weights_cap_and_diagnostics():
 
 def test_sampler_logprobs_align_with_the_packed_response_positions():
     from uniapl.models import pack
-    from uniapl.trainer import sampler_logprobs
+    from uniapl.models import sampler_logprobs
     EOT = 9
     prompts = [[1, 2, 3], [4], [5, 6]]
     resp = [[7, 8, EOT], [7, 7, 7, 7], [EOT]]  # ends with the end-of-turn token; cut at the cap; only EOT

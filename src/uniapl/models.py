@@ -411,3 +411,21 @@ def pack_dense(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_i
             c += n
         pos[b, c:] = torch.arange(capacity - c)  # the tail: one more "sequence" of padding
     return ids, pos, lmask
+
+
+def sampler_logprobs(logprobs: list[torch.Tensor], lmask: torch.Tensor) -> torch.Tensor:
+    """The sampler's per-token log-probs (one tensor per row, the response's tokens in order) laid out as
+    ``lmask`` (B, T) of the packed batch (``models.pack``): row b's values at its response positions, 0
+    elsewhere. A row whose tensor is empty while its mask is not (an empty response packed as the
+    end-of-turn token alone) gets NaN there: no sampler log-prob (``importance_weights`` gives it weight 1)."""
+    m = lmask.bool()
+    out = torch.zeros(lmask.shape, dtype=torch.float32)
+    for b, lp in enumerate(logprobs):
+        n = int(m[b].sum())
+        if len(lp) == 0 and n:
+            out[b, m[b]] = float("nan")
+            continue
+        if len(lp) != n:
+            raise ValueError(f"row {b}: {len(lp)} sampler log-probs for {n} response tokens")
+        out[b, m[b]] = lp.float().to(out.device)
+    return out

@@ -285,3 +285,25 @@ def step_objective(weights: Mapping[str, float], *, logp: Tensor | None = None, 
         like = logp if logp is not None else sft_logp
         loss = torch.zeros((), device=None if like is None else like.device)
     return loss, diag
+
+
+# ----------------------------------------------------------------------------- sampler correction
+
+
+def importance_weights(old_logp: torch.Tensor, sampler_lp: torch.Tensor, mask: torch.Tensor,
+                       cap: float | None):
+    """Token-level truncated importance weights ``min(exp(old_logp - sampler_lp), cap)`` (B, T), detached;
+    1 on masked positions, on tokens without a sampler log-prob (NaN) and everywhere when ``cap`` is None.
+    Returns (weights, diag): diag ``train/is_ratio_mean`` the masked mean of the uncapped ratio,
+    ``train/is_capped_frac`` the share of masked tokens whose ratio exceeds ``cap`` (0 when None)."""
+    with torch.no_grad():
+        m = mask.bool() & ~torch.isnan(sampler_lp)
+        zero = torch.zeros((), device=old_logp.device)
+        log_r = torch.where(m, old_logp.detach().float() - torch.nan_to_num(sampler_lp), zero)
+        ratio = torch.exp(log_r)
+        diag = {"train/is_ratio_mean": masked_mean(ratio, m)}
+        if cap is None:
+            diag["train/is_capped_frac"] = zero
+            return torch.ones_like(ratio), diag
+        diag["train/is_capped_frac"] = masked_mean((ratio > cap).float(), m)
+        return torch.where(m, ratio.clamp(max=cap), torch.ones_like(ratio)), diag

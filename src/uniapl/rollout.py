@@ -433,3 +433,11 @@ def rollouts_from_vllm(outputs, eos_id: int) -> Rollouts:
         lps.append(torch.tensor(lp, dtype=torch.float32))
         trunc.append(not (ids and ids[-1] == eos_id))
     return Rollouts(resp, lps, torch.tensor(trunc, dtype=torch.bool))
+
+
+def build_vllm_engine(cfg, model_dir: str, tokenizer):
+    """The colocated ``VLLMEngine`` of a run with ``rollout_engine: vllm``, loading ``model_dir`` (the
+    directory, or hub id, the policy was loaded from); its dtype is the run's compute dtype."""
+    return VLLMEngine(str(model_dir), tokenizer, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                      dtype="bfloat16" if cfg.dtype == "bf16" else "float32", seed=cfg.seed,
+                      enforce_eager=cfg.vllm_enforce_eager)

@@ -21,7 +21,7 @@ Deviations from textbook GRPO, numbered (each is a setting):
 
 Rollout engines (``rollout_engine``): ``hf`` decodes with the policy itself (``rollout.HFEngine``); ``vllm``
 with a colocated in-process ``rollout.VLLMEngine`` built from the run's starting model directory
-(:func:`build_vllm_engine`, called by ``experiments/train.py``). Its weights are pushed (``sync_weights``,
+(``rollout.build_vllm_engine``, called by ``experiments/train.py``). Its weights are pushed (``sync_weights``,
 the returned version checked to advance) before a step's generation whenever the policy may differ from
 them: at the first step of every process (a resumed checkpoint's weights are not the directory's) and
 after every optimizer step. vLLM's sampler and the trainer are two computations of the same policy, so
@@ -52,54 +52,8 @@ from uniapl import objectives as O
 from uniapl.io import atomic_path
 from uniapl.methods import METHODS
 from uniapl.models import (Batch, autocast_dtype, decode_responses, encode_prompt, encode_response, pack,
-                           sequence_logprobs)
+                           sampler_logprobs, sequence_logprobs)
 from uniapl.rollout import HFEngine, row_seed
-
-
-def build_vllm_engine(cfg, model_dir: str, tokenizer):
-    """The colocated ``VLLMEngine`` of a run with ``rollout_engine: vllm``, loading ``model_dir`` (the
-    directory, or hub id, the policy was loaded from); its dtype is the run's compute dtype."""
-    from uniapl.rollout import VLLMEngine
-    return VLLMEngine(str(model_dir), tokenizer, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                      dtype="bfloat16" if cfg.dtype == "bf16" else "float32", seed=cfg.seed,
-                      enforce_eager=cfg.vllm_enforce_eager)
-
-
-def sampler_logprobs(logprobs: list[torch.Tensor], lmask: torch.Tensor) -> torch.Tensor:
-    """The sampler's per-token log-probs (one tensor per row, the response's tokens in order) laid out as
-    ``lmask`` (B, T) of the packed batch (``models.pack``): row b's values at its response positions, 0
-    elsewhere. A row whose tensor is empty while its mask is not (an empty response packed as the
-    end-of-turn token alone) gets NaN there: no sampler log-prob (``importance_weights`` gives it weight 1)."""
-    m = lmask.bool()
-    out = torch.zeros(lmask.shape, dtype=torch.float32)
-    for b, lp in enumerate(logprobs):
-        n = int(m[b].sum())
-        if len(lp) == 0 and n:
-            out[b, m[b]] = float("nan")
-            continue
-        if len(lp) != n:
-            raise ValueError(f"row {b}: {len(lp)} sampler log-probs for {n} response tokens")
-        out[b, m[b]] = lp.float().to(out.device)
-    return out
-
-
-def importance_weights(old_logp: torch.Tensor, sampler_lp: torch.Tensor, mask: torch.Tensor,
-                       cap: float | None):
-    """Token-level truncated importance weights ``min(exp(old_logp - sampler_lp), cap)`` (B, T), detached;
-    1 on masked positions, on tokens without a sampler log-prob (NaN) and everywhere when ``cap`` is None.
-    Returns (weights, diag): diag ``train/is_ratio_mean`` the masked mean of the uncapped ratio,
-    ``train/is_capped_frac`` the share of masked tokens whose ratio exceeds ``cap`` (0 when None)."""
-    with torch.no_grad():
-        m = mask.bool() & ~torch.isnan(sampler_lp)
-        zero = torch.zeros((), device=old_logp.device)
-        log_r = torch.where(m, old_logp.detach().float() - torch.nan_to_num(sampler_lp), zero)
-        ratio = torch.exp(log_r)
-        diag = {"train/is_ratio_mean": O.masked_mean(ratio, m)}
-        if cap is None:
-            diag["train/is_capped_frac"] = zero
-            return torch.ones_like(ratio), diag
-        diag["train/is_capped_frac"] = O.masked_mean((ratio > cap).float(), m)
-        return torch.where(m, ratio.clamp(max=cap), torch.ones_like(ratio)), diag
 
 
 class NonFiniteLoss(RuntimeError):
@@ -140,7 +94,7 @@ class Trainer:
         self.amp = autocast_dtype(cfg.dtype)
         self.vllm = cfg.rollout_engine == "vllm"
         if self.vllm and self.method.uses_rollouts and not hasattr(engine, "sync_weights"):
-            raise ValueError("rollout_engine=vllm: pass engine=build_vllm_engine(cfg, <model directory>, tokenizer)")
+            raise ValueError("rollout_engine=vllm: pass engine=rollout.build_vllm_engine(cfg, <model directory>, tokenizer)")
         if not self.vllm and cfg.vllm_is_cap is not None:
             raise ValueError("vllm_is_cap needs rollout_engine=vllm")
         self.engine = engine or HFEngine(policy, tokenizer, self.amp)
@@ -365,7 +319,7 @@ class Trainer:
                 iw = None
                 if "sampler_lp" in roll:
                     slp = roll["sampler_lp"][s: s + mb, : sl.ids.shape[1]].to(lp.device)
-                    iw, is_diag = importance_weights(old, slp, sl.lmask, cfg.vllm_is_cap)
+                    iw, is_diag = O.importance_weights(old, slp, sl.lmask, cfg.vllm_is_cap)
                     record(is_diag, sl.ids.shape[0])
                     if cfg.vllm_is_cap is None:
                         iw = None

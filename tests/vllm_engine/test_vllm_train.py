@@ -1,7 +1,7 @@
 """GRPO steps end to end with ``rollout_engine: vllm`` (a colocated vLLM engine; ``make test-vllm``).
 
 A tiny random Qwen3 is saved with ``save_pretrained``; the trainer's policy is loaded from that directory
-and vLLM's engine is built from it (``trainer.build_vllm_engine``, as ``experiments/train.py`` does). The
+and vLLM's engine is built from it (``rollout.build_vllm_engine``, as ``experiments/train.py`` does). The
 checks: finite losses, the engine's weight version advances at every step (the policy is pushed before
 each step's rollouts), the truncated importance-sampling ratio between vLLM's sampler and the trainer's
 old policy is logged and is 1 up to kernel rounding (both fp32, the same weights: it also checks that the
@@ -50,7 +50,8 @@ if not HARNESS and "uniapl.ifeval" not in sys.modules:
     sys.modules["uniapl.ifeval"] = _stub
 
 from uniapl.config import TrainConfig  # noqa: E402
-from uniapl.trainer import Trainer, build_vllm_engine  # noqa: E402
+from uniapl.rollout import build_vllm_engine  # noqa: E402
+from uniapl.trainer import Trainer  # noqa: E402
 
 TEXTS = ["Write a note about cats. Answer in lowercase.", "cats are nice. i like cats a lot.",
          "<<Cats>>\nCats are simple to enjoy.", "Well, to be honest, I really think that cats are good."] * 20
