@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from uniapl import ifeval
-from uniapl.models import autocast_dtype, decode_response, encode_prompt
+from uniapl.models import autocast_dtype, decode_response, decode_responses, encode_prompt
 from uniapl.rollout import HFEngine, row_seed
 
 
@@ -19,18 +19,18 @@ def evaluate_model(model, tokenizer, rows: list[dict], max_new_tokens: int, n_sa
     prompts = [encode_prompt(tokenizer, r["prompt"]) for r in rows]
     greedy = engine.generate(prompts, None, 0.0, max_new_tokens, batch_size)
     out_rows = []
-    for r, ids, trunc in zip(rows, greedy.response_ids, greedy.truncated.tolist()):
+    texts = decode_responses(tokenizer, greedy.response_ids)
+    for r, ids, text, trunc in zip(rows, greedy.response_ids, texts, greedy.truncated.tolist()):
         out_rows.append({"key": r["key"], "prompt": r["prompt"], "instruction_id_list": r["instruction_id_list"],
-                         "kwargs": r["kwargs"], "response": decode(tokenizer, ids), "n_tokens": len(ids),
+                         "kwargs": r["kwargs"], "response": text, "n_tokens": len(ids),
                          "truncated": trunc, "sampled": []})
     metrics = ifeval.score_rows(out_rows)
     sampled_pass = []
     if n_sampled:  # all samples in one call: finished rows leave the batch, so one big batch decodes fastest
         seeds = [row_seed(seed, 10_000 + k, i) for k in range(n_sampled) for i in range(len(rows))]
         s = engine.generate(prompts * n_sampled, seeds, temperature, max_new_tokens, batch_size * n_sampled)
-        for j, ids in enumerate(s.response_ids):
+        for j, (ids, text) in enumerate(zip(s.response_ids, decode_responses(tokenizer, s.response_ids))):
             r = out_rows[j % len(rows)]
-            text = decode(tokenizer, ids)
             strict = ifeval.check_strict(r["prompt"], r["instruction_id_list"], r["kwargs"], text)
             r["sampled"].append({"response": text, "n_tokens": len(ids), "pass": all(strict)})
             sampled_pass.append(all(strict))

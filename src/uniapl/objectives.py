@@ -193,11 +193,8 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, 
     ``clipped_pg_loss``; ref_logp (B, T) required when beta != 0. diag adds ``kl`` (masked token mean).
     ``token_weights``: as ``clipped_pg_loss``, on the surrogate only (as TRL 1.16: its KL tokens are added
     after the importance weighting)."""
-    if token_weights is None:  # the call recorded runs were made with
-        loss, diag = clipped_pg_loss(logp, old_logp, advantages, mask, clip_low, clip_high, agg, normaliser, max_len)
-    else:
-        loss, diag = clipped_pg_loss(logp, old_logp, advantages, mask, clip_low, clip_high, agg, normaliser, max_len,
-                                     token_weights=token_weights)
+    loss, diag = clipped_pg_loss(logp, old_logp, advantages, mask, clip_low, clip_high, agg, normaliser, max_len,
+                                 token_weights)
     if beta != 0.0:
         if ref_logp is None:
             raise ValueError("grpo_loss with beta != 0 needs ref_logp")
@@ -260,9 +257,8 @@ def step_objective(weights: Mapping[str, float], *, logp: Tensor | None = None, 
     multiplying the token losses of both policy-gradient terms (``clipped_pg_loss``); None: unchanged.
     """
     loss, diag = None, {}
-    pg = dict(clip_low=clip_low, clip_high=clip_high, agg=agg, normaliser=normaliser, max_len=max_len)
-    if token_weights is not None:
-        pg["token_weights"] = token_weights
+    pg = dict(clip_low=clip_low, clip_high=clip_high, agg=agg, normaliser=normaliser, max_len=max_len,
+              token_weights=token_weights)
     if logp is not None and (weights["rl"] > 0 or weights["adv"] > 0):
         loss = torch.zeros((), device=logp.device)
         if weights["rl"] > 0:

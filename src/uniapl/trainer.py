@@ -329,8 +329,7 @@ class Trainer:
                         ref = sequence_logprobs(self.ref, sl)[0]
                 loss, diag = objective(logp=lp, old_logp=old, adv_rl=roll["adv"][s: s + mb].to(lp.device),
                                        adv_adv=roll["adv_adv"][s: s + mb].to(lp.device), mask=sl.lmask,
-                                       ref_logp=ref, normaliser=norm,
-                                       **({} if iw is None else {"token_weights": iw}))
+                                       ref_logp=ref, normaliser=norm, token_weights=iw)
                 record(diag, sl.ids.shape[0])
                 record({"train/entropy": O.masked_mean(ent, sl.lmask)}, sl.ids.shape[0])
                 backward(loss, "grpo+adv")

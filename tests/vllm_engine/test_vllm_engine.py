@@ -13,10 +13,11 @@ import pytest
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed in this venv: run `make test-vllm`")
 
 import torch  # noqa: E402
-from transformers import Qwen3ForCausalLM  # noqa: E402
 
-from uniapl.models import Batch, encode_prompt, pack, sequence_logprobs, tiny_qwen3_config, train_tokenizer  # noqa: E402
+from uniapl.models import Batch, encode_prompt, pack, sequence_logprobs  # noqa: E402
 from uniapl.rollout import HFEngine, VLLMEngine, row_seed  # noqa: E402
+
+from ._tiny import save_tiny_qwen3  # noqa: E402
 
 TEXTS = ["Write a note about cats. Answer in lowercase.", "cats are nice. i like cats a lot.",
          "<<Cats>>\nCats are simple to enjoy.", "Well, to be honest, I really think that cats are good."] * 20
@@ -30,13 +31,7 @@ LOGPROB_ATOL = 1e-4
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny-qwen3")
-    tok = train_tokenizer(TEXTS, 300)
-    torch.manual_seed(0)
-    cfg = tiny_qwen3_config(ARCH, len(tok), tok.pad_token_id, tok.eos_token_id)
-    cfg.initializer_range = 0.2  # at the default 0.02 greedy decoding repeats one token: a weak check
-    model = Qwen3ForCausalLM(cfg).eval()
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
+    tok, model = save_tiny_qwen3(d, TEXTS, ARCH)
     eng = VLLMEngine(str(d), tok, gpu_memory_utilization=0.1, dtype="float32", seed=0, enforce_eager=True,
                      max_model_len=256)
     prompts = [encode_prompt(tok, p) for p in PROMPTS]

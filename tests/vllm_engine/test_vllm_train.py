@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from transformers import Qwen3ForCausalLM  # noqa: E402
 
 from uniapl.instructions import LOWER, NO_COMMA  # noqa: E402
-from uniapl.models import Batch, sequence_logprobs, tiny_qwen3_config, train_tokenizer  # noqa: E402
+from uniapl.models import Batch, sequence_logprobs  # noqa: E402
 
 HARNESS = all(importlib.util.find_spec(m) is not None for m in ("nltk", "langdetect", "lm_eval", "immutabledict"))
 
@@ -53,6 +53,8 @@ from uniapl.config import TrainConfig  # noqa: E402
 from uniapl.rollout import build_vllm_engine  # noqa: E402
 from uniapl.trainer import Trainer  # noqa: E402
 
+from ._tiny import save_tiny_qwen3  # noqa: E402
+
 TEXTS = ["Write a note about cats. Answer in lowercase.", "cats are nice. i like cats a lot.",
          "<<Cats>>\nCats are simple to enjoy.", "Well, to be honest, I really think that cats are good."] * 20
 PROMPTS = ["Write a note about cats.", "hello there friend", "Answer in lowercase.", "cats"]
@@ -73,12 +75,7 @@ def _memory_share(kv_bytes: int = 1 << 30) -> float:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny-qwen3-train")
-    tok = train_tokenizer(TEXTS, 300)
-    torch.manual_seed(0)
-    mcfg = tiny_qwen3_config(ARCH, len(tok), tok.pad_token_id, tok.eos_token_id)
-    mcfg.initializer_range = 0.2  # varied samples: rewards differ within a group
-    Qwen3ForCausalLM(mcfg).save_pretrained(d)
-    tok.save_pretrained(d)
+    tok, _ = save_tiny_qwen3(d, TEXTS, ARCH)
     demos = [{"prompt": p, "instruction_id_list": [LOWER, NO_COMMA], "kwargs": [{}, {}],
               "response": "cats are nice."} for p in PROMPTS]
     policy = Qwen3ForCausalLM.from_pretrained(d, dtype=torch.float32)
