@@ -6,6 +6,11 @@ OpenAI-compatible server, e.g. `vllm serve Qwen/Qwen3-235B-A22B-Instruct-2507`) 
 
 from __future__ import annotations
 
+from uniapl.stage_server import delegate
+
+if __name__ == "__main__":
+    delegate()  # in `make repro`, a warm interpreter runs this stage (uniapl.stage_server); else a no-op
+
 import argparse
 import time
 

@@ -1,6 +1,10 @@
 """`dvc repro` with a wall-clock time per stage: prints a table and writes it as JSON.
 
-    python experiments/timed_repro.py [--out results/timing/repro.json] [dvc repro args...]
+    python experiments/timed_repro.py [--out results/timing/repro.json] [--no-server] [dvc repro args...]
+
+The stages run in a warm interpreter (``uniapl.stage_server``: torch, transformers, nltk and
+lm-evaluation-harness imported once, then one fork per stage); ``--no-server`` runs each stage in a fresh
+process, as plain ``dvc repro`` does. The outputs are the same either way (tests/test_stage_server.py).
 
 The per-stage time is measured from DVC's "Running stage" line to the next one (so it includes the
 interpreter start and DVC's own hashing/caching of the outputs); skipped stages are not listed.
@@ -14,7 +18,10 @@ import re
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
+
+from uniapl.stage_server import StageServer
 
 STAGE = re.compile(r"^Running stage '([^']+)'")
 
@@ -31,13 +38,21 @@ def cpu_facts() -> dict:
     return facts
 
 
-def timed_repro(args: list[str], out: str | Path | None, cwd: str | Path = ".") -> dict:
+def timed_repro(args: list[str], out: str | Path | None, cwd: str | Path = ".", server: bool = True) -> dict:
     t0 = time.time()
-    times: dict[str, float] = {}
-    current, started = None, t0
     # This interpreter's environment runs DVC and the stages' `python` (the project venv, however launched).
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    with (StageServer(env) if server else nullcontext(env)) as env:
+        rc, times = _run(args, cwd, env)
+    result = {"returncode": rc, "total_seconds": round(time.time() - t0, 1), "stages": times,
+              "cpu_count": os.cpu_count(), "args": args, "stage_server": server, "cpu": cpu_facts()}
+    return _report(result, times, out, cwd)
+
+
+def _run(args: list[str], cwd, env: dict) -> tuple[int, dict[str, float]]:
+    times: dict[str, float] = {}
+    current, started = None, time.time()
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", *args], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
     for line in proc.stdout:
@@ -51,8 +66,11 @@ def timed_repro(args: list[str], out: str | Path | None, cwd: str | Path = ".") 
     rc = proc.wait()
     if current:
         times[current] = round(time.time() - started, 1)
-    result = {"returncode": rc, "total_seconds": round(time.time() - t0, 1), "stages": times,
-              "cpu_count": os.cpu_count(), "args": args, "cpu": cpu_facts()}
+    return rc, times
+
+
+def _report(result: dict, times: dict[str, float], out, cwd) -> dict:
+    rc = result["returncode"]
     if out:
         p = Path(cwd) / out
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -76,4 +94,6 @@ if __name__ == "__main__":
         if len(argv) < 2:
             sys.exit("error: --out expects a path")
         out, argv = argv[1], argv[2:]
-    sys.exit(timed_repro(argv, out)["returncode"])
+    server = "--no-server" not in argv
+    argv = [a for a in argv if a != "--no-server"]
+    sys.exit(timed_repro(argv, out, server=server)["returncode"])

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from uniapl.stage_server import delegate
+
+if __name__ == "__main__":
+    delegate()  # in `make repro`, a warm interpreter runs this stage (uniapl.stage_server); else a no-op
+
 import argparse
 import multiprocessing as mp
 import os

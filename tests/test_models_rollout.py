@@ -230,13 +230,14 @@ def test_dropping_finished_rows_early_or_late_gives_the_same_rollouts(tmp_path, 
             assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(a.logprobs, b.logprobs))
 
 
-def test_qwen3_kv_decoder_matches_the_transformers_forward(tmp_path):
-    """The preallocated-cache decoder gives transformers' logits on left-padded batches, prefill and steps."""
-    from uniapl.rollout import Qwen3KVDecoder
+def test_fused_kv_decoder_matches_the_transformers_forward(tmp_path):
+    """The fused preallocated-cache decoder gives transformers' logits on left-padded batches, prefill and
+    steps."""
+    from uniapl import qwen3_fused
     tok = train_tokenizer(TEXTS, 300)
     spec = ModelSpec(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, intermediate_size=64)
     model = build_policy(spec, tok, seed=0).eval()
-    assert Qwen3KVDecoder.supports(model)
+    assert qwen3_fused.supports(model)
     prompts = [encode_prompt(tok, t) for t in TEXTS[:3]]
     B, L = len(prompts), max(map(len, prompts))
     assert len({len(p) for p in prompts}) > 1  # really left-padded
@@ -247,7 +248,7 @@ def test_qwen3_kv_decoder_matches_the_transformers_forward(tmp_path):
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     follow = torch.randint(5, 300, (B, 4), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        dec = Qwen3KVDecoder(model, B, L + 4, "cpu")
+        dec = qwen3_fused.KVDecoder(model, B, L + 4, "cpu")
         got = [dec.prefill(ids, attn, pos)]
         for t in range(3):
             got.append(dec.step(follow[:, t], pos[:, -1:] + 1 + t))

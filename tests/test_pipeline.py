@@ -85,3 +85,27 @@ def test_changing_uniapl_lambda_dirties_only_what_reads_it(quick_repo, tmp_path)
     finally:
         params.write_text(original)
     dvc(quick_repo, "metrics", "diff")  # runs against the commit (no change)
+
+
+def _lock_outs(repo, stage: str) -> dict[str, str]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"][stage]
+    return {o["path"]: o["md5"] for o in lock["outs"]}
+
+
+def test_stages_ran_in_the_warm_server_and_a_fresh_process_gives_the_same_outputs(quick_repo):
+    """experiments/quick.py runs `dvc repro` through uniapl.stage_server; plain `dvc repro` (a fresh
+    interpreter per stage) re-makes a training run's model, responses, log-probs and ppl bit for bit."""
+    log = (quick_repo.parent / "quick.log").read_text()
+    assert "running in this process" not in log, "a stage fell back to its own process"
+    assert json.loads((quick_repo / "results/timing/repro.json").read_text())["stage_server"] is True
+    stage = "train_s@uniapl-0"
+
+    def timeless(outs):  # metrics carry wall-clock seconds and DVCLive timestamps
+        return {p: h for p, h in outs.items() if "dvclive" not in p
+                and not p.endswith(("metrics.json", "run.json", "/in_domain.json", "/ood.json"))
+                or p.startswith("results/logp/")}
+    before = timeless(_lock_outs(quick_repo, stage))
+    assert any(p.endswith("/model") for p in before) and any(p.endswith("in_domain.jsonl") for p in before)
+    out = dvc(quick_repo, "repro", "--force", "--single-item", stage)
+    assert out.count("Running stage") == 1
+    assert timeless(_lock_outs(quick_repo, stage)) == before

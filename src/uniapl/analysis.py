@@ -432,8 +432,8 @@ def claims(summary: dict) -> list[dict]:
 def _response_logprob_sums(model, tokenizer, prompts, responses, batch_size: int = 64):
     """(sum of response-token log-probs, number of response tokens) per example, in input order.
 
-    Rows are batched by length (less padding); the log-softmax is taken one row at a time so a
-    151k-token vocabulary never needs a float copy of the whole batch's logits.
+    Rows are batched by length (less padding); ``models.sequence_logprobs`` runs the LM head and the
+    log-softmax on response positions only (a 151k-token vocabulary never needs the whole batch's logits).
     """
     import torch
 
@@ -448,13 +448,11 @@ def _response_logprob_sums(model, tokenizer, prompts, responses, batch_size: int
     with torch.no_grad():
         for k in range(0, len(order), batch_size):
             idx = order[k: k + batch_size]
-            ids, attn, lmask = M.pack([p_ids[i] for i in idx], [r_ids[i] for i in idx], tokenizer.pad_token_id)
-            ids, attn, lmask = ids.to(device), attn.to(device), lmask.to(device)
-            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
-            tgt, mask = ids[:, 1:], lmask[:, 1:]
-            for b, i in enumerate(idx):
-                lp = torch.log_softmax(logits[b].float(), -1).gather(-1, tgt[b, :, None])[:, 0]
-                sums[i], counts[i] = float((lp * mask[b]).sum()), int(mask[b].sum())
+            b = M.Batch(*(t.to(device) for t in M.pack([p_ids[i] for i in idx], [r_ids[i] for i in idx],
+                                                        tokenizer.pad_token_id)))
+            lp, _ = M.sequence_logprobs(model, b)
+            for row, i in enumerate(idx):
+                sums[i], counts[i] = float(lp[row].sum()), int(b.lmask[row].sum())
     model.train(was_training)
     return sums, counts
 

@@ -79,6 +79,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from uniapl import qwen3_fused
+
 logger = logging.getLogger(__name__)
 
 POLAR_SEP_TOKEN = "<|reward|>"
@@ -187,6 +189,12 @@ def _gather_last(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         x = x.squeeze(-1)
     idx = attention_mask.long().cumsum(dim=1).argmax(dim=1)
     return x[torch.arange(x.shape[0], device=x.device), idx]
+
+
+def _gather_last_rows(h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """h[b, last attended position] of hidden states (B, T, D) -> (B, D)."""
+    idx = attention_mask.long().cumsum(dim=1).argmax(dim=1)
+    return h[torch.arange(h.shape[0], device=h.device), idx]
 
 
 class Discriminator(torch.nn.Module):
@@ -344,7 +352,11 @@ class Discriminator(torch.nn.Module):
     # ---------------------------------------------------------------- scoring
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Differentiable scores, shape (B,)."""
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        bb = self.backbone
+        if qwen3_fused.supports(bb) and isinstance(getattr(bb, "score", None), torch.nn.Linear):
+            # the embedded Qwen3 classifier: the fused decoder, the score head at the last real token only
+            return bb.score(_gather_last_rows(qwen3_fused.hidden_states(bb, input_ids), attention_mask))[:, 0].float()
+        out = bb(input_ids=input_ids, attention_mask=attention_mask)
         logits = getattr(out, "logits", None)
         if logits is None:
             logits = out[0] if isinstance(out, (tuple, list)) else out

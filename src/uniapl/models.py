@@ -16,6 +16,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
+from uniapl import qwen3_fused
+
 IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 # Qwen-style chat markup, so the embedded world and Qwen3 at paper scale share one format.
 CHAT_TEMPLATE = (
@@ -257,7 +259,8 @@ def sequence_logprobs(model, batch: Batch, with_entropy: bool = False, autocast_
     with torch.autocast(batch.ids.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         if split is not None:
             dec, head = split
-            hidden = dec(input_ids=batch.ids, attention_mask=batch.attn).last_hidden_state
+            hidden = (qwen3_fused.hidden_states(model, batch.ids) if qwen3_fused.supports(model)
+                      else dec(input_ids=batch.ids, attention_mask=batch.attn).last_hidden_state)
             logits = head(hidden[:, first - 1: T - 1][m])  # (N, V)
         else:
             logits = model(input_ids=batch.ids, attention_mask=batch.attn, logits_to_keep=T - first + 1).logits[:, :-1][m]

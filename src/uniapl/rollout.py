@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from uniapl import qwen3_fused
+
 _MASK62 = (1 << 62) - 1
 _U_MASK62 = np.uint64(_MASK62)
 COMPACT_FRACTION = 0.25  # drop finished rows from the decoding batch once this share of it has finished
@@ -61,86 +63,6 @@ def sample_inverse_cdf(logp: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, target[:, None]).squeeze(-1).clamp_(max=logp.shape[-1] - 1)
 
 
-class Qwen3KVDecoder:
-    """Batched incremental decoding of a ``transformers`` Qwen3 causal LM with a preallocated KV cache.
-
-    transformers' own forward re-builds its attention mask, grows a ``DynamicCache`` by concatenation and
-    passes several wrapper layers at every decoded token: for the tiny models of the embedded world that
-    bookkeeping, not arithmetic, is most of a rollout's time. This class calls the model's own
-    submodules (embedding, rotary embedding, RMSNorms, q/k/v/o projections, MLPs, LM head) and
-    ``transformers.models.qwen3.modeling_qwen3.apply_rotary_pos_emb``; it owns only the cache (written in
-    place), the key-validity mask and the attention call (``scaled_dot_product_attention`` with GQA).
-    Its logits equal transformers' forward up to float rounding (tested). Only Qwen3 with full attention
-    in every layer qualifies (:meth:`supports`); any other model takes the generic transformers path.
-    """
-
-    def __init__(self, model, batch: int, max_len: int, device):
-        self.m = model
-        cfg = model.config
-        self.layers = model.model.layers
-        n_kv, hd = cfg.num_key_value_heads, self.layers[0].self_attn.head_dim
-        self.shape = (batch, n_kv, max_len, hd)
-        self.k: list[torch.Tensor | None] = [None] * len(self.layers)
-        self.v: list[torch.Tensor | None] = [None] * len(self.layers)
-        self.valid = torch.ones((batch, max_len), dtype=torch.bool, device=device)
-        self.length = 0
-
-    @staticmethod
-    def supports(model) -> bool:
-        cfg = getattr(model, "config", None)
-        if getattr(cfg, "model_type", None) != "qwen3" or not hasattr(model, "model"):
-            return False
-        return all(t == "full_attention" for t in (getattr(cfg, "layer_types", None) or ["full_attention"]))
-
-    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Hidden states of ``ids`` (B, S) at columns [length, length + S), written to the cache."""
-        from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
-        inner = self.m.model
-        h = inner.embed_tokens(ids)
-        cos, sin = inner.rotary_emb(h, pos)
-        B, S = ids.shape
-        a, b = self.length, self.length + S
-        for i, layer in enumerate(self.layers):
-            att = layer.self_attn
-            x = layer.input_layernorm(h)
-            q = att.q_norm(att.q_proj(x).view(B, S, -1, att.head_dim)).transpose(1, 2)
-            k = att.k_norm(att.k_proj(x).view(B, S, -1, att.head_dim)).transpose(1, 2)
-            v = att.v_proj(x).view(B, S, -1, att.head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            if self.k[i] is None:
-                self.k[i] = torch.empty(self.shape, dtype=k.dtype, device=k.device)
-                self.v[i] = torch.empty(self.shape, dtype=v.dtype, device=v.device)
-            self.k[i][:, :, a:b] = k
-            self.v[i][:, :, a:b] = v
-            o = torch.nn.functional.scaled_dot_product_attention(
-                q, self.k[i][:, :, :b], self.v[i][:, :, :b], attn_mask=mask, scale=att.scaling, enable_gqa=True)
-            h = h + att.o_proj(o.transpose(1, 2).reshape(B, S, -1))
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
-        self.length = b
-        return inner.norm(h[:, -1])
-
-    def prefill(self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """Left-padded prompts (B, L) -> last-position logits (B, V). A padding query attends to itself
-        only (its output is never used; no query has an empty mask)."""
-        L = ids.shape[1]
-        self.valid[:, :L] = attn.bool()
-        causal = torch.ones((L, L), dtype=torch.bool, device=ids.device).tril()
-        mask = (causal[None] & self.valid[:, None, :L]) | torch.eye(L, dtype=torch.bool, device=ids.device)[None]
-        return self.m.lm_head(self._forward(ids, pos, mask[:, None]))
-
-    def step(self, nxt: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """One new token per row (B,) at positions ``pos`` (B, 1) -> logits (B, V)."""
-        mask = self.valid[:, None, None, : self.length + 1]
-        return self.m.lm_head(self._forward(nxt[:, None], pos, mask))
-
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only ``rows`` of the batch (finished rows leave)."""
-        self.valid = self.valid[rows]
-        for i in range(len(self.layers)):
-            if self.k[i] is not None:
-                self.k[i], self.v[i] = self.k[i][rows], self.v[i][rows]
-
-
 @dataclass
 class Rollouts:
     """Decoded responses of one batch.
@@ -158,8 +80,9 @@ class Rollouts:
 class HFEngine:
     """Batched decoding with a KV cache on any ``transformers`` causal LM (left-padded prompts).
 
-    Qwen3 models decode through :class:`Qwen3KVDecoder` (``fast=True``, the default); any other model,
-    or ``fast=False``, through transformers' forward with its ``DynamicCache``. ``autocast_dtype``: None
+    Plain Qwen3 models decode through :class:`uniapl.qwen3_fused.KVDecoder` (``fast=True``, the default:
+    fused projections, a preallocated cache); any other model, or ``fast=False``, through transformers'
+    forward with its ``DynamicCache``. ``autocast_dtype``: None
     computes in the model's own dtype; ``torch.bfloat16`` autocasts (fast only with native bf16)."""
 
     def __init__(self, model, tokenizer, autocast_dtype: torch.dtype | None = None, fast: bool = True):
@@ -217,10 +140,10 @@ class HFEngine:
         eos_t = torch.tensor([eos], dtype=torch.long, device=device)
         temp = 1.0 if greedy else temperature
         n_steps = 0
-        fast = self.fast and Qwen3KVDecoder.supports(model)
+        fast = self.fast and qwen3_fused.supports(model)
         with self._autocast():
             if fast:
-                dec = Qwen3KVDecoder(model, B, L + max_new_tokens, device)
+                dec = qwen3_fused.KVDecoder(model, B, L + max_new_tokens, device)
                 logits = dec.prefill(ids, attn, pos).float()
             else:
                 # logits_to_keep=1: the prefill needs the last position's logits only (as transformers' generate).
