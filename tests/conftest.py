@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import yaml
+# The environment pytest started with, before any test module imports torch (whose import sets KMP_* and
+# others in os.environ): the quick pipeline runs in it, as `make quick` from a shell would.
+_START_ENV = dict(os.environ)
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -73,7 +77,7 @@ def pytest_collection_modifyitems(session, config, items):
     import tempfile
     top = Path(tempfile.mkdtemp(prefix="uniapl-quick-"))
     log = open(top / "quick.log", "w")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
+    env = {**_START_ENV, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.Popen([sys.executable, "experiments/quick.py", "--dir", str(top / "repo")], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     _QUICK.update(proc=proc, top=top, log=log)

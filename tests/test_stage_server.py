@@ -22,7 +22,8 @@ SCRIPT = textwrap.dedent('''
     import os, sys, time
     if __name__ == "__main__":
         print("pid", os.getpid(), "argv", sys.argv[1:], "cwd", os.getcwd(), "x", os.environ.get("X_TEST"),
-              "dvc", os.environ.get("DVC_ROOT"), "path0", sys.path[0], flush=True)
+              "dvc", os.environ.get("DVC_ROOT"), "path0", sys.path[0], "imported", os.environ.get("X_IMPORTED"),
+              "drop", os.environ.get("X_DROP"), flush=True)
         print("to stderr", file=sys.stderr, flush=True)
         if sys.argv[1:2] == ["sleep"]:
             open(sys.argv[2], "w").write(str(os.getpid()))
@@ -33,9 +34,14 @@ SCRIPT = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    env = {**os.environ, "X_TEST": "server"}
-    with StageServer(env, preload=("json",)) as senv:
-        yield senv, tmp_path_factory.mktemp("stage")
+    """A server whose preloaded module sets a variable at import (as torch sets KMP_*), started from an
+    environment without it."""
+    d = tmp_path_factory.mktemp("stage")
+    (d / "sets_env_at_import.py").write_text("import os\nos.environ['X_IMPORTED'] = 'yes'\nos.environ.pop('X_DROP', None)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("X_IMPORTED", "X_DROP")}
+    env.update(X_TEST="server", X_DROP="1", PYTHONPATH=os.pathsep.join([str(d), env.get("PYTHONPATH", "")]))
+    with StageServer(env, preload=("json", "sets_env_at_import")) as senv:
+        yield senv, d
 
 
 def _script(d):
@@ -51,7 +57,8 @@ def test_delegated_script_sees_the_clients_argv_cwd_env_and_stdio(server, tmp_pa
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 7, r.stderr
     pid = int(r.stdout.split()[1])
-    assert f"argv ['7', 'a b'] cwd {tmp_path} x server dvc /x path0 {d}" in r.stdout
+    # the client's environment, with what the server's imports changed (as a fresh process's imports would)
+    assert f"argv ['7', 'a b'] cwd {tmp_path} x server dvc /x path0 {d} imported yes drop None" in r.stdout
     assert "to stderr" in r.stderr and "running in this process" not in r.stderr
     assert pid != os.getpid()
 

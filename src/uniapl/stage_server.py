@@ -15,9 +15,11 @@ What keeps a delegated stage identical to a fresh ``python experiments/<stage>.p
 * the server imports third-party code only, never ``uniapl`` or the scripts: a child imports the project's
   code from disk as a fresh process does, so editing ``src/`` during a ``dvc repro`` cannot run stale code;
 * the server runs no tensor op before forking (no thread pool exists yet; a child sets its own threads);
-* the client's environment must equal the server's apart from DVC's per-stage variables (``DVC_*``) and
-  the shell's bookkeeping (``PWD``, ``OLDPWD``, ``SHLVL``, ``_``): libraries read variables at import time
-  (``HF_HUB_OFFLINE``, ``OMP_NUM_THREADS``...), so any other difference runs the stage in its own process;
+* the client's environment must equal the one the server started with, apart from DVC's per-stage
+  variables (``DVC_*``) and the shell's bookkeeping (``PWD``, ``OLDPWD``, ``SHLVL``, ``_``): libraries read
+  variables at import time (``HF_HUB_OFFLINE``, ``OMP_NUM_THREADS``...), so any other difference runs the
+  stage in its own process; the variables the server's imports set (torch's ``KMP_*``...) are set in the
+  child too, as a fresh process's own imports would;
 * a client that cannot reach the server, or runs under ``torchrun`` (``LOCAL_RANK`` set), runs in its own
   process; a client that dies takes its child with it (SIGKILL when the connection drops); SIGINT and
   SIGTERM sent to the client are passed on to the child.
@@ -190,7 +192,8 @@ def _start_one(conn: socket.socket, server_env: dict) -> None:
     except (ConnectionError, OSError, ValueError):
         conn.close()
         return
-    diff = env_difference(server_env, request["env"])
+    changes = json.loads(server_env["__import_changes__"])
+    diff = env_difference({k: v for k, v in server_env.items() if k != "__import_changes__"}, request["env"])
     if len(fds) != 3 or diff:
         reason = f"environment differs from the server's ({', '.join(diff[:5])})" if diff else "no stdio received"
         _send_msg(conn, {"accepted": False, "reason": reason})
@@ -203,7 +206,8 @@ def _start_one(conn: socket.socket, server_env: dict) -> None:
     pid = os.fork()
     if pid == 0:
         conn.close()
-        _run_child(request, fds)
+        env = {**request["env"], **{k: v for k, v in changes.items() if v is not None}}
+        _run_child({**request, "env": {k: v for k, v in env.items() if not (k in changes and changes[k] is None)}}, fds)
     for fd in fds:
         os.close(fd)
     _send_msg(conn, {"accepted": True, "pid": pid})
@@ -245,11 +249,15 @@ def serve(path: str, ready_fd: int | None = None, preload: tuple[str, ...] = PRE
     """Import ``preload``, listen on ``path``, fork a child per stage until SIGTERM."""
     import importlib
     t0 = time.time()
+    server_env = dict(os.environ)  # what a client's environment must equal (before any import touched it)
     for name in preload:
         mod = importlib.import_module(name)
         for attr in PRELOAD_ATTRS.get(name, ()):
             getattr(mod, attr)
-    server_env = dict(os.environ)
+    # Variables the imports set or removed (torch sets KMP_*, huggingface_hub HF_XET_*...): a fresh process
+    # gets them from its own imports, so a child gets them too.
+    server_env["__import_changes__"] = json.dumps(
+        {k: os.environ.get(k) for k in set(server_env) | set(os.environ) if server_env.get(k) != os.environ.get(k)})
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     if os.path.exists(path):
         os.unlink(path)
