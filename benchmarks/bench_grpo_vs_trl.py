@@ -25,8 +25,8 @@ Output, top to bottom:
   most, median of 7);
 * ``precision ours:`` / ``precision TRL:`` each side's setting (ours ``TrainConfig.dtype``, TRL
   ``GRPOConfig.bf16/fp16`` and accelerate's mixed precision) and the dtype actually computed in (a
-  forward hook on layer 0's q_proj, during the first warm-up step, in generation and in the training
-  forward); ``precision check`` says they agree, or the bench exits with an error when the two sides
+  forward hook on layer 0's q_proj and on the LM head, during the first warm-up step, in generation and
+  in the training forward); ``precision check`` says they agree, or the bench exits with an error when the two sides
   differ or differ from ``--dtype``;
 * per-phase medians (s per step), from timing wrappers put around each side's own functions (nothing in
   ``src/uniapl`` or TRL is edited; a call inside another timed call is charged to its own phase only):
@@ -207,8 +207,10 @@ def logp_phase() -> str:
 
 
 class DtypeProbe:
-    """The output dtype of layer 0's q_proj, by grad mode: what generation (no grad) and the training
-    forward (grad) really compute in. Attached for the first warm-up step only."""
+    """The output dtype of layer 0's q_proj and of the LM head, by grad mode: what generation (no grad) and
+    the training forward (grad) really compute in. Both linear layers, so both show autocast; the LM head is
+    there because our fused Qwen3 forward (``uniapl.qwen3_fused``) uses q_proj's weight in a concatenated
+    matmul and never calls the module. Attached for the first warm-up step only."""
 
     def __init__(self, model):
         import torch
@@ -218,10 +220,12 @@ class DtypeProbe:
             key = "training" if torch.is_grad_enabled() else "no_grad"
             self.seen.setdefault(key, set()).add(str(out.dtype).replace("torch.", ""))
 
-        self.handle = model.model.layers[0].self_attn.q_proj.register_forward_hook(hook)
+        self.handles = [model.model.layers[0].self_attn.q_proj.register_forward_hook(hook),
+                        model.lm_head.register_forward_hook(hook)]
 
     def remove(self) -> dict:
-        self.handle.remove()
+        for h in self.handles:
+            h.remove()
         return {k: sorted(v) for k, v in self.seen.items()}
 
 
@@ -462,7 +466,7 @@ def main() -> None:
         pr = r["precision"]
         obs = pr["observed"] or {}
         print(f"precision {side}: {pr['setting']}; weights {'/'.join(pr['param_dtypes'])}; computed in (layer 0 "
-              f"q_proj output) generation {'/'.join(obs.get('no_grad', ['?']))}, training forward "
+              f"q_proj / LM head output) generation {'/'.join(obs.get('no_grad', ['?']))}, training forward "
               f"{'/'.join(obs.get('training', ['?']))}; optimizer {r['optimizer']}")
     problems = check_precision(a.dtype, res)
     if problems:

@@ -71,11 +71,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", default=str(ROOT / ".quick"))
     ap.add_argument("--profile", default=str(ROOT / "profiles" / "quick.yaml"))
+    ap.add_argument("--no-server", action="store_true", help="a fresh interpreter per stage (no uniapl.stage_server)")
     a = ap.parse_args()
     t0 = time.time()
     d = make_copy(Path(a.dir), Path(a.profile))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    r = timed_repro([], "results/timing/repro.json", cwd=d)
+    r = timed_repro([], "results/timing/repro.json", cwd=d, server=not a.no_server)
     print(f"quick profile in {d}: {time.time() - t0:.0f} s, dvc repro exit {r['returncode']}")
     return r["returncode"]
 

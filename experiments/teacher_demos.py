@@ -1,7 +1,10 @@
 """Stage `teacher_demos`: one teacher sample per training prompt, with verdicts and log-probs (the SFT data).
 
 Backends: `hf` (the embedded teacher, transformers), `vllm` (offline engine) or `openai` (any
-OpenAI-compatible server, e.g. `vllm serve Qwen/Qwen3-235B-A22B-Instruct-2507`) at paper scale.
+OpenAI-compatible server, e.g. `vllm serve Qwen/Qwen3-235B-A22B-Instruct-2507`) at paper scale: concurrent
+requests with retries, finished shards kept in `<out stem>.shards/` so a restarted stage resumes
+(`uniapl.demos.openai_demos`; `python -m uniapl.chat_server --model models/teacher` serves the embedded
+teacher the same way, for a run of this path on a CPU).
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ if __name__ == "__main__":
     delegate()  # in `make repro`, a warm interpreter runs this stage (uniapl.stage_server); else a no-op
 
 import argparse
+import shutil
 import time
+from pathlib import Path
 
 import torch
 
@@ -22,14 +27,15 @@ from uniapl.errors import run_stage
 from uniapl.io import exit_fast, read_jsonl, write_json, write_jsonl
 
 
-def main(params_path: str, teacher: str, world_dir: str, out: str) -> None:
+def main(params_path: str, teacher: str, prompts: str, out: str) -> None:
     p = load_params(params_path)
     torch.set_num_threads(p.pretrain.threads)
-    rows = read_jsonl(f"{world_dir}/train.jsonl", keys=("key", "prompt", "instruction_id_list", "kwargs"))
+    rows = read_jsonl(prompts, keys=("key", "prompt", "instruction_id_list", "kwargs"))
     if p.teacher_demos.n_prompts is not None:  # the first n training prompts (the world shuffles them)
         rows = rows[: p.teacher_demos.n_prompts]
     t0 = time.time()
-    demos = generate_demos(p.teacher_demos, teacher, rows)
+    shards = Path(out).with_name(Path(out).stem + ".shards")  # openai backend: finished shards (resume)
+    demos = generate_demos(p.teacher_demos, teacher, rows, work_dir=shards)
     pass_rate = sum(d["pass"] for d in demos) / len(demos)
     kept = [d for d in demos if d["pass"]] if p.teacher_demos.only_passing else demos
     write_jsonl(out, kept)
@@ -37,6 +43,7 @@ def main(params_path: str, teacher: str, world_dir: str, out: str) -> None:
              "mean_tokens": sum(d["n_tokens"] for d in demos) / len(demos),
              "truncated": sum(d["truncated"] for d in demos) / len(demos), "seconds": round(time.time() - t0, 1)}
     write_json("results/teacher_demos.json", stats)
+    shutil.rmtree(shards, ignore_errors=True)  # the stage is done: nothing to resume
     print(stats)
 
 
@@ -44,8 +51,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--teacher", default="models/teacher")
-    ap.add_argument("--world", default="data/world")
+    ap.add_argument("--prompts", default="data/prompts/train.jsonl", help="the train pool of stage `prompts`")
     ap.add_argument("--out", default="data/teacher_demos.jsonl")
     a = ap.parse_args()
-    run_stage(main, a.params, a.teacher, a.world, a.out)
+    run_stage(main, a.params, a.teacher, a.prompts, a.out)
     exit_fast()

@@ -54,6 +54,7 @@ def tiny_world(tmp_path_factory) -> Path:
     (d / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
     shutil.copytree(ROOT / "experiments", d / "experiments")
     run(["experiments/world.py"], d)
+    run(["experiments/prompts.py"], d)
     for m in ("teacher", "student-s", "student-m"):
         run(["experiments/pretrain.py", "--model", m], d)
     run(["experiments/teacher_demos.py"], d)

@@ -53,6 +53,7 @@ def params_file(tmp_path):
 # Every stage script that loads params.yaml, with the arguments it needs.
 PARAMS_SCRIPTS = [
     ["experiments/world.py"],
+    ["experiments/prompts.py"],
     ["experiments/pretrain.py", "--model", "teacher"],
     ["experiments/teacher_demos.py"],
     ["experiments/evaluate.py", "--model", "models/teacher", "--name", "teacher"],
@@ -90,7 +91,8 @@ def test_a_bad_set_override_is_one_message(tmp_path, params_file, argv, needle):
 BAD_JSONL = [
     (["experiments/train.py", "--method", "sft", "--demos", "demos.jsonl"], "demos.jsonl"),
     (["experiments/discriminator.py", "--demos", "demos.jsonl"], "demos.jsonl"),
-    (["experiments/teacher_demos.py", "--world", "world"], "world/train.jsonl"),
+    (["experiments/teacher_demos.py", "--prompts", "prompts/train.jsonl"], "prompts/train.jsonl"),
+    (["experiments/prompts.py"], "data/world/train.jsonl"),
     (["experiments/pretrain.py", "--model", "teacher", "--world", "world"], "world/corpus_expert.jsonl"),
 ]
 
@@ -135,6 +137,7 @@ MISSING_DIR = [
 def test_a_missing_model_or_data_directory_is_named(tmp_path, params_file, argv, needle):
     _write_jsonl(tmp_path / "data/teacher_demos.jsonl", [ROW] * 3)
     _write_jsonl(tmp_path / "data/world/train.jsonl", [ROW] * 3)
+    _write_jsonl(tmp_path / "data/prompts/train.jsonl", [ROW] * 3)
     _write_jsonl(tmp_path / "data/world/corpus_expert.jsonl", [ROW] * 3)
     r = run([str(ROOT / argv[0]), "--params", params_file(), *argv[1:]], tmp_path, check=False)
     err = _user_error(r, needle)

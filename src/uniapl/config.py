@@ -141,6 +141,24 @@ class PretrainConfig(Strict):
 
 # ------------------------------------------------------------------------------------------- data
 
+class PromptsConfig(Strict):
+    source: str = "data/world/train.jsonl"
+    """Training prompts in IFEval's format (prompt, instruction_id_list, kwargs): a .jsonl / .json / .parquet
+    file, or a `datasets` name or directory (e.g. argilla/ifeval-like-data with `config: filtered`). A local
+    file outside data/world must be added to the `prompts` stage's deps in dvc.yaml."""
+    config: str | None = None
+    """The `datasets` configuration (None: the default one)."""
+    split: str = "train"
+    """The `datasets` split."""
+    exclude: list[str] = ["data/world/in_domain.jsonl", "data/world/ood.jsonl"]
+    """Evaluation sets (JSONL with `prompt`) whose prompts are removed from the training pools [ours]."""
+    n_validation: int = Field(0, ge=0)
+    """Prompts drawn (with `seed`) into the validation pool; 0 for the embedded world, which has its own
+    evaluation splits."""
+    seed: int = 0
+    """Seed of the validation draw."""
+
+
 class TeacherDemosConfig(Strict):
     backend: Literal["hf", "vllm", "openai"] = "hf"
     """hf: the embedded teacher with transformers generate; vllm / openai: paper scale."""
@@ -161,6 +179,31 @@ class TeacherDemosConfig(Strict):
     """OpenAI-compatible server (e.g. `vllm serve Qwen/Qwen3-235B-A22B-Instruct-2507`)."""
     openai_model: str = "Qwen/Qwen3-235B-A22B-Instruct-2507"
     """Model name sent to the OpenAI-compatible server."""
+    openai_concurrency: int = Field(8, gt=0)
+    """openai backend: requests in flight at once (a thread pool)."""
+    openai_max_retries: int = Field(5, ge=0)
+    """openai backend: retries of a request after a connection error, 408, 409, 429 or 5xx, with the openai
+    client's exponential back-off (its `max_retries`); then the stage fails, keeping its finished shards."""
+    openai_timeout: float = Field(600.0, gt=0)
+    """openai backend: seconds before one request times out (and is retried)."""
+    openai_shard_size: int = Field(256, gt=0)
+    """openai backend: prompts per shard. Each finished shard is written to `<output stem>.shards/`; a
+    restarted stage with the same request settings skips the finished ones (resume) [ours]."""
+    openai_api_key_env: str = "OPENAI_API_KEY"
+    """openai backend: the environment variable holding the API key (unset: "EMPTY", as vLLM accepts)."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling; 1 samples the full distribution. The request states it (and top_k, min_p 0,
+    repetition_penalty 1, presence/frequency penalty 0) explicitly, so a server's generation_config defaults
+    (Qwen3's are top_p 0.8, top_k 20) cannot replace them. Other values need backend openai."""
+    top_k: int = Field(-1, ge=-1)
+    """Top-k sampling; -1 (or 0) samples the full distribution. Other values need backend openai."""
+
+    @model_validator(mode="after")
+    def _check_sampling(self):
+        if self.backend != "openai" and (self.top_p != 1.0 or self.top_k not in (-1, 0)):
+            raise ValueError(f"top_p={self.top_p}, top_k={self.top_k}: the {self.backend} backend samples the "
+                             "full distribution (top_p 1, top_k -1); other values need backend openai")
+        return self
 
 
 class EvaluateConfig(Strict):
@@ -351,6 +394,8 @@ class _ParamsBase(Strict):
     """The world's tokenizer (stage `world`)."""
     pretrain: PretrainConfig
     """The three tiny models (stages `pretrain@*`)."""
+    prompts: PromptsConfig = PromptsConfig()
+    """The training prompt pools (stage `prompts`)."""
     teacher_demos: TeacherDemosConfig = TeacherDemosConfig()
     """The SFT dataset (stage `teacher_demos`)."""
     evaluate: EvaluateConfig = EvaluateConfig()

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 from uniapl import ifeval
+from uniapl.errors import UserError
+from uniapl.io import atomic_path
 from uniapl.models import autocast_dtype, decode_responses, encode_prompts, load_policy, load_tokenizer, strip_thinking
 from uniapl.rollout import HFEngine, row_seed
 
@@ -14,10 +23,12 @@ def _record(row: dict, text: str, n_tokens: int, truncated: bool, logprob: float
             "teacher_logprob": logprob, "strict": strict, "loose": loose, "pass": all(strict)}
 
 
-def generate_demos(cfg, teacher: str, rows: list[dict]) -> list[dict]:
-    """One sample per prompt at ``cfg.temperature``; seeds from (cfg.seed, 0, prompt index)."""
+def generate_demos(cfg, teacher: str, rows: list[dict], work_dir: str | Path | None = None) -> list[dict]:
+    """One sample per prompt at ``cfg.temperature``; seeds from (cfg.seed, 0, prompt index).
+
+    ``work_dir``: the openai backend's shard directory (resume); None: no resume."""
     if cfg.backend == "openai":
-        return openai_demos(cfg, rows)
+        return openai_demos(cfg, rows, work_dir)
     tok = load_tokenizer(teacher)
     prompts = encode_prompts(tok, [r["prompt"] for r in rows])
     seeds = [row_seed(cfg.seed, 0, i) for i in range(len(rows))]
@@ -33,10 +44,14 @@ def generate_demos(cfg, teacher: str, rows: list[dict]) -> list[dict]:
 
 
 def openai_request(cfg, row: dict, index: int) -> dict:
-    """The chat-completions request body for one prompt (pure: unit-tested without a server)."""
+    """The chat-completions request body for one prompt, as sent (pure: unit-tested without a server).
+
+    Every sampling setting is explicit, neutral ones included, so the server's defaults (vLLM applies the
+    model's generation_config.json to what a request leaves out) cannot change the sample."""
     return {"model": cfg.openai_model, "messages": [{"role": "user", "content": row["prompt"]}],
-            "temperature": cfg.temperature, "max_tokens": cfg.max_new_tokens,
-            "seed": row_seed(cfg.seed, 0, index) % (1 << 31), "logprobs": True}
+            "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k, "min_p": 0.0,
+            "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "n": 1,
+            "max_tokens": cfg.max_new_tokens, "seed": row_seed(cfg.seed, 0, index) % (1 << 31), "logprobs": True}
 
 
 def parse_openai_response(row: dict, resp: dict) -> dict:
@@ -48,8 +63,54 @@ def parse_openai_response(row: dict, resp: dict) -> dict:
                    choice.get("finish_reason") == "length", sum(t["logprob"] for t in lps) if lps else None)
 
 
-def openai_demos(cfg, rows: list[dict]) -> list[dict]:  # paper scale; verified on GPU: no
-    from openai import OpenAI
-    client = OpenAI(base_url=cfg.openai_base_url, api_key="EMPTY")
-    return [parse_openai_response(r, client.chat.completions.create(**openai_request(cfg, r, i)).model_dump())
-            for i, r in enumerate(rows)]
+def _shard_stamp(cfg, rows: list[dict]) -> str:
+    """What a shard directory was made for: the request settings and the prompts, hashed."""
+    h = hashlib.sha256(json.dumps([r["prompt"] for r in rows]).encode()).hexdigest()
+    req = {k: v for k, v in openai_request(cfg, {"prompt": ""}, 0).items() if k not in ("messages", "seed")}
+    return json.dumps({"request": req, "seed": cfg.seed, "shard_size": cfg.openai_shard_size, "n": len(rows),
+                       "prompts_sha256": h}, sort_keys=True)
+
+
+def openai_demos(cfg, rows: list[dict], work_dir: str | Path | None = None) -> list[dict]:
+    """Demonstrations from an OpenAI-compatible server (``vllm serve ...``; tested against
+    ``uniapl.chat_server`` on loopback): ``openai_concurrency`` requests in flight, the client's retries with
+    back-off, and shards of ``openai_shard_size`` prompts written to ``work_dir`` as they finish, so a
+    restarted stage asks only for the missing ones. Records come back in prompt order."""
+    import openai
+    key = os.environ.get(cfg.openai_api_key_env) or "EMPTY"
+    client = openai.OpenAI(base_url=cfg.openai_base_url, api_key=key, max_retries=cfg.openai_max_retries,
+                           timeout=cfg.openai_timeout)
+
+    def one(i: int) -> dict:
+        body = openai_request(cfg, rows[i], i)
+        try:
+            resp = client.chat.completions.create(model=body["model"], messages=body["messages"],
+                                                  extra_body={k: v for k, v in body.items() if k not in ("model", "messages")})
+        except (openai.APIConnectionError, openai.APIStatusError) as e:
+            raise UserError(f"{cfg.openai_base_url}: the request for prompt {rows[i].get('key', i)} failed after "
+                            f"{cfg.openai_max_retries} retries: {e}") from None
+        return parse_openai_response(rows[i], resp.model_dump())
+
+    shards = None
+    if work_dir is not None:
+        shards = Path(work_dir)
+        stamp = _shard_stamp(cfg, rows)
+        if shards.exists() and (not (shards / "stamp.json").exists() or (shards / "stamp.json").read_text() != stamp):
+            print(f"{shards}: removing shards made with other request settings or prompts")
+            shutil.rmtree(shards)
+        shards.mkdir(parents=True, exist_ok=True)
+        (shards / "stamp.json").write_text(stamp)
+    size = cfg.openai_shard_size
+    out: list[dict] = []
+    with ThreadPoolExecutor(cfg.openai_concurrency) as pool:
+        for s, lo in enumerate(range(0, len(rows), size)):
+            path = shards / f"shard-{s:05d}.jsonl" if shards is not None else None
+            if path is not None and path.exists():
+                out += [json.loads(x) for x in path.read_text().splitlines()]
+                continue
+            done = list(pool.map(one, range(lo, min(lo + size, len(rows)))))
+            if path is not None:
+                with atomic_path(path) as tmp:
+                    tmp.write_text("".join(json.dumps(d) + "\n" for d in done))
+            out += done
+    return out

@@ -7,16 +7,12 @@ each step's rollouts), the truncated importance-sampling ratio between vLLM's sa
 old policy is logged and is 1 up to kernel rounding (both fp32, the same weights: it also checks that the
 sampler's log-probs land on the packed batch's response positions), and the policy moves.
 
-The verifier reward: ``uniapl.ifeval`` (the lm-eval IFEval harness, with nltk and langdetect) when this
-venv has it; ``.venv-vllm`` as the Makefile builds it has not, and then the trainer gets a stand-in
-verifier module that checks the two instructions the rows use in plain Python (lowercase: ``islower``, as
-the harness without its language check; no comma). Skipped, with the reason, where vLLM is not installed."""
+The reward is the real verifier (``uniapl.ifeval.verifier_reward``: lm-evaluation-harness's IFEval checkers,
+which the Makefile installs into ``.venv-vllm`` for this test). Skipped, with the reason, where vLLM is not
+installed."""
 
-import importlib.util
 import math
 import os
-import sys
-import types
 from types import SimpleNamespace
 
 import pytest
@@ -29,27 +25,10 @@ vllm = pytest.importorskip("vllm", reason="vLLM is not installed in this venv: r
 import torch  # noqa: E402
 from transformers import Qwen3ForCausalLM  # noqa: E402
 
+from uniapl import ifeval  # noqa: E402  (the real checkers)
+from uniapl.config import TrainConfig  # noqa: E402
 from uniapl.instructions import LOWER, NO_COMMA  # noqa: E402
 from uniapl.models import Batch, sequence_logprobs  # noqa: E402
-
-HARNESS = all(importlib.util.find_spec(m) is not None for m in ("nltk", "langdetect", "lm_eval", "immutabledict"))
-
-
-def _stand_in_verifier_reward(row, text, truncated, mode, truncated_zero):
-    """``ifeval.verifier_reward`` for rows whose instructions are LOWER and NO_COMMA only."""
-    if truncated and truncated_zero:
-        return 0.0
-    checks = {LOWER: lambda t: t.islower(), NO_COMMA: lambda t: "," not in t}
-    strict = [checks[i](text) for i in row["instruction_id_list"]]
-    return float(all(strict)) if mode == "binary" else sum(strict) / len(strict)
-
-
-if not HARNESS and "uniapl.ifeval" not in sys.modules:
-    _stub = types.ModuleType("uniapl.ifeval")
-    _stub.verifier_reward = _stand_in_verifier_reward
-    sys.modules["uniapl.ifeval"] = _stub
-
-from uniapl.config import TrainConfig  # noqa: E402
 from uniapl.rollout import build_vllm_engine  # noqa: E402
 from uniapl.trainer import Trainer  # noqa: E402
 
@@ -94,6 +73,10 @@ def run(tmp_path_factory):
 
 
 def test_losses_are_finite_and_the_policy_moves(run):
+    import uniapl.trainer
+    assert uniapl.trainer.ifeval is ifeval  # the trainer scored with the harness's checkers
+    text = "this is a short note about my cats, written in english."
+    assert ifeval.check_strict("p", [LOWER, NO_COMMA], [{}, {}], text) == [True, False]
     for m in run.history:
         assert "loss/grpo" in m and all(math.isfinite(v) for v in m.values() if isinstance(v, float))
     assert any(m["train/reward_std_in_group"] > 0 for m in run.history)  # a gradient signal
