@@ -12,15 +12,15 @@ export DS_ACCELERATOR := cpu
 # Stage commands call `python`/`dvc`: the project's venv comes first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test quick bench clean-venv test-vllm
+.PHONY: setup repro test quick bench clean-venv test-vllm check-gpu-deps
 
 # The venv is rebuilt when the declared dependencies change.
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU build of torch first (a looser pin could pull a multi-GB CUDA build).
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -c constraints/cpu.txt -e '.[test]'
 	touch $@
 
 setup: $(BIN)/.installed
@@ -73,3 +73,15 @@ $(VBIN)/.installed: pyproject.toml Makefile
 
 test-vllm: $(VBIN)/.installed
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VBIN)/python -m pytest -q tests/vllm_engine
+
+# The GPU install line of docs/gpu.md resolves: `pip install --dry-run` of '.[gpu,test]' with constraints/gpu.txt
+# in a scratch venv (resolution only: package metadata, no wheels installed). Here torch resolves to the CPU
+# build of the same version; on a GPU machine pip picks the CUDA build.
+check-gpu-deps:
+	rm -rf .venv-gpucheck && $(PY) -m venv .venv-gpucheck
+	.venv-gpucheck/bin/python -m pip install -q --upgrade pip
+	.venv-gpucheck/bin/python -m pip install --dry-run --ignore-installed -q --report .venv-gpucheck/report.json \
+	  -c constraints/gpu.txt '.[gpu,test]'
+	.venv-gpucheck/bin/python -c "import json; r = json.load(open('.venv-gpucheck/report.json')); \
+	  v = {i['metadata']['name'].lower(): i['metadata']['version'] for i in r['install']}; \
+	  print('gpu set resolves:', ', '.join(f'{k} {v[k]}' for k in ('torch', 'vllm', 'transformers', 'deepspeed', 'numpy')))"
