@@ -143,3 +143,18 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_world, tmp_path):
     f2 = json.loads((tmp_path / "killed/metrics.json").read_text())["final"]
     assert {k: v for k, v in f1.items() if not k.startswith("perf/")} == \
         {k: v for k, v in f2.items() if not k.startswith("perf/")}
+
+
+def test_term_gradient_norms_split_the_step_gradient(tiny_world, tmp_path):
+    """grad/pg_norm and grad/sft_norm are the norms of the two parts of the step's gradient (before
+    clipping): they add up with their cosine to the total norm, and the SFT part equals the gradient of an
+    SFT-only run on the same demonstrations (same seed, same step)."""
+    m = make_trainer(tiny_world, "uniapl", tmp_path / "u", w_sft=1.0).train_step()
+    pg, sft, cos = m["grad/pg_norm"], m["grad/sft_norm"], m["grad/cos_pg_sft"]
+    assert pg > 0 and sft > 0 and -1 <= cos <= 1
+    assert math.isclose(m["train/grad_norm"] ** 2, pg ** 2 + sft ** 2 + 2 * cos * pg * sft, rel_tol=1e-5)
+    only_sft = make_trainer(tiny_world, "sft", tmp_path / "s").train_step()
+    assert "grad/sft_norm" not in only_sft  # one term: nothing to split
+    assert math.isclose(only_sft["train/grad_norm"], sft, rel_tol=1e-4)
+    off = make_trainer(tiny_world, "uniapl", tmp_path / "o", term_grad_norms=False).train_step()
+    assert "grad/pg_norm" not in off

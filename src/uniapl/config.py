@@ -347,6 +347,11 @@ class TrainConfig(Strict):
     disc_lr: float = Field(1e-4, gt=0)
     """AdamW learning rate of the co-trained discriminator (GAIL ablation) [ours]."""
     # --- system
+    term_grad_norms: bool = True
+    """Log each step's gradient norm of the policy-gradient terms (GRPO + ADV, `grad/pg_norm`), of the SFT
+    term (`grad/sft_norm`) and their cosine (`grad/cos_pg_sft`), as weighted in the loss and before clipping,
+    when a step has both: whether the terms are balanced as intended. Costs one copy of the gradients per
+    step (set false for multi-billion-parameter policies); single process only (not under DeepSpeed)."""
     checkpoint_every: int = Field(20, ge=1)
     """Steps between checkpoints (atomic; a killed run resumes from the last one bit for bit)."""
     dtype: Literal["bf16", "fp32"] = "fp32"

@@ -60,6 +60,23 @@ class NonFiniteLoss(RuntimeError):
     """A loss term became NaN/inf; the message names the term and the step."""
 
 
+def _term_grad_norms(policy, pg_grads: list) -> dict:
+    """Norms of the policy-gradient part (``pg_grads``, the gradients before the SFT backward) and of the SFT
+    part (the accumulated gradients minus it), and their cosine, in float64."""
+    pg2 = sft2 = dot = 0.0
+    for p, g_pg in zip(policy.parameters(), pg_grads):
+        if p.grad is None:
+            continue
+        g_pg = torch.zeros_like(p.grad) if g_pg is None else g_pg
+        g_sft = (p.grad - g_pg).double()
+        g_pg = g_pg.double()
+        pg2 += float((g_pg * g_pg).sum())
+        sft2 += float((g_sft * g_sft).sum())
+        dot += float((g_pg * g_sft).sum())
+    cos = dot / math.sqrt(pg2 * sft2) if pg2 > 0 and sft2 > 0 else float("nan")
+    return {"grad/pg_norm": math.sqrt(pg2), "grad/sft_norm": math.sqrt(sft2), "grad/cos_pg_sft": cos}
+
+
 class _LazyEncoded:
     """``seq[i]`` = ``fn(rows[i])``, computed once on first access."""
 
@@ -337,6 +354,10 @@ class Trainer:
             for k in sums:
                 if not k.startswith("loss/"):
                     sums[k] /= n
+        pg_grads = None
+        if (cfg.term_grad_norms and self.ds_engine is None and sft is not None and w["sft"] > 0 and roll is not None
+                and (w["rl"] > 0 or w["adv"] > 0)):
+            pg_grads = [None if p.grad is None else p.grad.detach().clone() for p in self.policy.parameters()]
         if sft is not None and w["sft"] > 0:
             norm = self._normaliser(sft.lmask) / ws
             for s in range(0, sft.ids.shape[0], mb):
@@ -345,6 +366,8 @@ class Trainer:
                 loss, diag = objective(sft_logp=lp, sft_mask=sl.lmask, sft_normaliser=norm)
                 backward(loss, "sft")
                 record(diag, sl.ids.shape[0])
+        if pg_grads is not None:
+            sums.update(_term_grad_norms(self.policy, pg_grads))
         return sums
 
     def _normaliser(self, lmask: torch.Tensor) -> float:
