@@ -158,3 +158,22 @@ def test_term_gradient_norms_split_the_step_gradient(tiny_world, tmp_path):
     assert math.isclose(only_sft["train/grad_norm"], sft, rel_tol=1e-4)
     off = make_trainer(tiny_world, "uniapl", tmp_path / "o", term_grad_norms=False).train_step()
     assert "grad/pg_norm" not in off
+
+
+def test_a_sft_rolls_out_on_its_own_sft_prompts(tiny_world, tmp_path):
+    """A-SFT's rollouts are for the first batch_rl prompts of the step's SFT batch; GRPO's come from the RL
+    stream (a different set of prompts at the same step)."""
+    seen = {}
+    for method in ("a_sft", "grpo"):
+        tr = make_trainer(tiny_world, method, tmp_path / method)
+        real = tr.engine.generate
+        tr.engine.generate = lambda prompts, *a, _m=method, _r=real, **k: seen.setdefault(_m, prompts) and _r(prompts, *a, **k)
+        tr.train_step()
+        cfg = tr.cfg
+        sft_idx = tr._indices(0, cfg.batch_sft, stream=1)[: cfg.batch_rl]
+        rl_idx = tr._indices(0, cfg.batch_rl, stream=0)
+        want = sft_idx if method == "a_sft" else rl_idx
+        assert seen[method] == [tr.prompt_ids[i] for i in want for _ in range(cfg.group_size)]
+    assert seen["a_sft"] != seen["grpo"]
+    with pytest.raises(Exception, match="rolls out on its SFT prompts"):
+        make_trainer(tiny_world, "a_sft", tmp_path / "bad", batch_rl=8, batch_sft=4)

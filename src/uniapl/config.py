@@ -378,6 +378,9 @@ class TrainConfig(Strict):
             raise ValueError("vllm_is_cap needs rollout_engine=vllm (with hf the sampler is the policy itself)")
         if self.disc_cotrain and METHODS[self.method].adv == "none":
             raise ValueError(f"disc_cotrain needs a method with an adversarial term, not '{self.method}'")
+        if METHODS[self.method].rollout_prompts == "sft" and self.batch_rl > self.batch_sft:
+            raise ValueError(f"{self.method} rolls out on its SFT prompts: batch_rl ({self.batch_rl}) must not "
+                             f"exceed batch_sft ({self.batch_sft})")
         return self
 
 

@@ -13,6 +13,8 @@ loss = w_sft * SFT(expert demos) + w_rl * GRPO(rollouts, verifier reward) + w_ad
 | uniapl          | yes       | yes      | w_sft (or mu_t)| w_rl (or 1-mu_t)| lambda_adv  | verifier          |
 | uniapl_shaped   | yes       | yes      | as uniapl      | as uniapl       | 0           | r + lambda_adv*s  |
 
+A-SFT samples its rollouts for its own SFT prompts (the first B_rl prompts of each step's SFT batch, so it
+rolls out as many prompts as the other methods); every other method draws them from the RL prompt stream.
 mu_t is the CHORD schedule (``chord_mu``). Adding a method that is a new mix of these terms means one entry
 in ``METHODS`` plus its ``params.yaml`` section (``uniapl.config`` derives one section per entry) and its
 stage in ``dvc.yaml``. The terms' math lives in ``objectives.py``; this module is plain Python (no torch),
@@ -45,6 +47,7 @@ class Method:
     rl: bool  # whether the verifier-reward GRPO term is on
     schedule: str  # "constant" | "chord" | "uniapl" (uniapl: the config's uniapl.schedule decides)
     inherits: str | None = None  # params section this method's settings start from (then its own section)
+    rollout_prompts: str = "rl"  # "rl": the step's RL prompt stream; "sft": the first B_rl prompts of its SFT batch
 
     @property
     def param_sections(self) -> tuple[str, ...]:
@@ -65,7 +68,8 @@ class Method:
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("sft", uses_sft=True, uses_rollouts=False, adv="none", rl=False, schedule="constant"),
-    Method("a_sft", uses_sft=True, uses_rollouts=True, adv="loss", rl=False, schedule="constant"),
+    Method("a_sft", uses_sft=True, uses_rollouts=True, adv="loss", rl=False, schedule="constant",
+           rollout_prompts="sft"),
     Method("grpo", uses_sft=False, uses_rollouts=True, adv="none", rl=True, schedule="constant"),
     Method("a_grpo", uses_sft=False, uses_rollouts=True, adv="loss", rl=True, schedule="constant"),
     Method("chord", uses_sft=True, uses_rollouts=True, adv="none", rl=True, schedule="chord"),

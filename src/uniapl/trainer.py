@@ -249,7 +249,10 @@ class Trainer:
 
     def _rollouts(self, step: int):
         cfg, G = self.cfg, self.cfg.group_size
-        idx = self._indices(step, cfg.batch_rl, stream=0)
+        if self.method.rollout_prompts == "sft":  # A-SFT: rollouts for its own demonstrations' prompts
+            idx = self._indices(step, cfg.batch_sft, stream=1)[: cfg.batch_rl // self.world]
+        else:
+            idx = self._indices(step, cfg.batch_rl, stream=0)
         prompts = [self.prompt_ids[i] for i in idx for _ in range(G)]
         seeds = [row_seed(cfg.seed, step, i, g) for i in idx for g in range(G)]
         metrics = {}
