@@ -37,9 +37,9 @@ def main(params_path: str, teacher: str, prompts: str, out: str) -> None:
     shards = Path(out).with_name(Path(out).stem + ".shards")  # openai backend: finished shards (resume)
     demos = generate_demos(p.teacher_demos, teacher, rows, work_dir=shards)
     pass_rate = sum(d["pass"] for d in demos) / len(demos)
-    kept = [d for d in demos if d["pass"]] if p.teacher_demos.only_passing else demos
-    write_jsonl(out, kept)
-    stats = {"n_prompts": len(rows), "n_kept": len(kept), "pass_rate": pass_rate,
+    write_jsonl(out, demos)  # every demonstration, with its verdict: only_passing filters the SFT pool only
+    n_sft = sum(d["pass"] for d in demos) if p.teacher_demos.only_passing else len(demos)
+    stats = {"n_prompts": len(rows), "n_kept": n_sft, "pass_rate": pass_rate,
              "mean_tokens": sum(d["n_tokens"] for d in demos) / len(demos),
              "truncated": sum(d["truncated"] for d in demos) / len(demos), "seconds": round(time.time() - t0, 1)}
     write_json("results/teacher_demos.json", stats)

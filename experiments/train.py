@@ -121,8 +121,8 @@ def main() -> None:
     demos = read_jsonl(a.demos, keys=("prompt", "response")
                        + (("instruction_id_list", "kwargs") if METHODS[cfg.method].uses_rollouts else ())
                        + (("pass",) if params.teacher_demos.only_passing else ()))
-    if params.teacher_demos.only_passing:
-        demos = [d for d in demos if d["pass"]]
+    # only_passing: SFT imitates the passing demonstrations; RL still samples every prompt
+    sft_demos = [d for d in demos if d["pass"]] if params.teacher_demos.only_passing else None
     src = cfg.init_from or f"{a.models}/{cfg.student}"
     tok = load_tokenizer(src)  # a missing model directory fails here, naming it
     name = a.name or a.method
@@ -148,7 +148,8 @@ def main() -> None:
     if cfg.rollout_engine == "vllm" and METHODS[cfg.method].uses_rollouts:
         # colocated in this process, loaded from the policy's directory; synced before each step's rollouts
         engine = build_vllm_engine(cfg, src, tok)
-    trainer = Trainer(cfg, policy, tok, demos, out, discriminator=disc, ref_policy=ref, engine=engine)
+    trainer = Trainer(cfg, policy, tok, demos, out, discriminator=disc, ref_policy=ref, engine=engine,
+                      sft_demos=sft_demos)
     init_digest = None
     if cfg.distributed == "deepspeed":
         # Launch: torchrun --nproc_per_node N experiments/train.py --deepspeed ... (or the deepspeed launcher).

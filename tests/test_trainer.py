@@ -177,3 +177,25 @@ def test_a_sft_rolls_out_on_its_own_sft_prompts(tiny_world, tmp_path):
     assert seen["a_sft"] != seen["grpo"]
     with pytest.raises(Exception, match="rolls out on its SFT prompts"):
         make_trainer(tiny_world, "a_sft", tmp_path / "bad", batch_rl=8, batch_sft=4)
+
+
+def test_only_passing_filters_the_sft_pool_not_the_rl_prompts(tiny_world, tmp_path):
+    """With a separate SFT pool (teacher_demos.only_passing), SFT batches come from it and rollouts from every
+    prompt; without one, both streams index the same rows in the same order as before."""
+    p = load_params(tiny_world / "params.yaml")
+    demos = read_jsonl(tiny_world / "data/teacher_demos.jsonl")
+    passing = demos[::3]  # stands in for the passing subset
+    cfg = run_config(p, "uniapl", "student-s", 0, {})
+    tok = load_tokenizer(tiny_world / "models/student-s")
+    disc = Discriminator.load(tiny_world / "models/discriminator")
+    tr = Trainer(cfg, load_policy(tiny_world / "models/student-s"), tok, demos, tmp_path, discriminator=disc,
+                 sft_demos=passing)
+    sft_idx = tr._indices(0, cfg.batch_sft, stream=1)
+    rl_idx = tr._indices(0, cfg.batch_rl, stream=0)
+    assert all(i < len(passing) for i in sft_idx) and tr.sft_rows is passing
+    assert {tr.demos[i]["prompt"] for i in rl_idx} - {d["prompt"] for d in passing}  # RL reaches beyond them
+    same = make_trainer(tiny_world, "uniapl", tmp_path / "same")
+    assert same.sft_order is same.order and same.sft_rows is same.demos
+    with pytest.raises(ValueError, match="SFT pool is empty"):
+        Trainer(cfg, load_policy(tiny_world / "models/student-s"), tok, demos, tmp_path / "e", discriminator=disc,
+                sft_demos=[])

@@ -170,7 +170,8 @@ class TeacherDemosConfig(Strict):
     """Demonstrate only the first n training prompts (None: all). Every method draws its SFT and RL
     batches from the demonstrated prompts, so this is also the training prompt pool [ours]."""
     only_passing: bool = False
-    """Keep only demonstrations that pass every instruction (off, as the paper keeps all) [ours]."""
+    """SFT imitates only the demonstrations that pass every instruction; the RL prompt pool keeps every prompt
+    (the stage writes every demonstration with its verdict). Off, as the paper keeps all [ours]."""
     seed: int = 0
     """Base of the per-prompt sampling seeds."""
     dtype: Literal["bf16", "fp32"] = "fp32"

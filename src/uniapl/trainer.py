@@ -93,10 +93,13 @@ class _LazyEncoded:
 
 
 class Trainer:
-    """Trains ``policy`` with ``cfg.method``. ``demos``: teacher demonstrations (prompt rows + response)."""
+    """Trains ``policy`` with ``cfg.method``. ``demos``: teacher demonstrations (prompt rows + response): the
+    RL prompt pool, and the SFT pool unless ``sft_demos`` gives another one (``teacher_demos.only_passing``:
+    SFT imitates the verifier-passing demonstrations only, while RL samples every prompt)."""
 
     def __init__(self, cfg, policy, tokenizer, demos: list[dict], out_dir: str | Path, discriminator=None,
-                 ref_policy=None, engine=None, total_steps: int | None = None, log_fn=None):
+                 ref_policy=None, engine=None, total_steps: int | None = None, log_fn=None,
+                 sft_demos: list[dict] | None = None):
         self.cfg, self.policy, self.tok, self.demos = cfg, policy, tokenizer, demos
         self.method = METHODS[cfg.method]
         self.out = Path(out_dir)
@@ -129,6 +132,16 @@ class Trainer:
         perm = list(range(len(demos)))
         random.Random(cfg.seed).shuffle(perm)
         self.order = perm
+        # The SFT pool: the same rows (and order) as the RL pool, or its own list
+        self.sft_rows, self.sft_prompt_ids, self.sft_demo_ids, self.sft_order = demos, self.prompt_ids, self.demo_ids, perm
+        if sft_demos is not None and sft_demos is not demos:
+            if self.method.uses_sft and not sft_demos:
+                raise ValueError(f"{cfg.method}: the SFT pool is empty (no demonstration passed the verifier?)")
+            self.sft_rows = sft_demos
+            self.sft_prompt_ids = _LazyEncoded(sft_demos, lambda d: encode_prompt(tokenizer, d["prompt"]))
+            self.sft_demo_ids = _LazyEncoded(sft_demos, lambda d: encode_response(tokenizer, d["response"]))
+            self.sft_order = list(range(len(sft_demos)))
+            random.Random(cfg.seed).shuffle(self.sft_order)
         self.step = 0
 
     # ------------------------------------------------------------------ distribution
@@ -202,9 +215,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _indices(self, step: int, n: int, stream: int) -> list[int]:
-        """Dataset positions for ``step`` (a pure function of step: resuming needs no sampler state)."""
-        start = (step * n + stream * 7919) % len(self.order)
-        idx = [self.order[(start + i) % len(self.order)] for i in range(n)]
+        """Dataset positions for ``step`` (a pure function of step: resuming needs no sampler state); stream 0
+        indexes the RL pool, stream 1 the SFT pool."""
+        order = self.order if stream == 0 else self.sft_order
+        start = (step * n + stream * 7919) % len(order)
+        idx = [order[(start + i) % len(order)] for i in range(n)]
         return idx[self.rank::self.world]
 
     # ------------------------------------------------------------------ one step
@@ -221,7 +236,7 @@ class Trainer:
         sft_batch = None
         if m.uses_sft and w["sft"] > 0:
             idx = self._indices(step, cfg.batch_sft, stream=1)
-            sft_batch = Batch(*pack([self.prompt_ids[i] for i in idx], [self.demo_ids[i] for i in idx],
+            sft_batch = Batch(*pack([self.sft_prompt_ids[i] for i in idx], [self.sft_demo_ids[i] for i in idx],
                                     self.tok.pad_token_id))
         model = self.ds_engine or self.policy
         model.train()
@@ -251,9 +266,11 @@ class Trainer:
         cfg, G = self.cfg, self.cfg.group_size
         if self.method.rollout_prompts == "sft":  # A-SFT: rollouts for its own demonstrations' prompts
             idx = self._indices(step, cfg.batch_sft, stream=1)[: cfg.batch_rl // self.world]
+            pool, pool_ids = self.sft_rows, self.sft_prompt_ids
         else:
             idx = self._indices(step, cfg.batch_rl, stream=0)
-        prompts = [self.prompt_ids[i] for i in idx for _ in range(G)]
+            pool, pool_ids = self.demos, self.prompt_ids
+        prompts = [pool_ids[i] for i in idx for _ in range(G)]
         seeds = [row_seed(cfg.seed, step, i, g) for i in idx for g in range(G)]
         metrics = {}
         if self.vllm:
@@ -261,7 +278,7 @@ class Trainer:
         with self._generation_context():
             out = self.engine.generate(prompts, seeds, cfg.temperature, cfg.max_new_tokens)
         texts = decode_responses(self.tok, out.response_ids)
-        rows = [self.demos[i] for i in idx for _ in range(G)]
+        rows = [pool[i] for i in idx for _ in range(G)]
         trunc = out.truncated.tolist()
         rewards = torch.tensor([ifeval.verifier_reward(r, t, tr, cfg.reward, cfg.truncated_zero_reward)
                                 for r, t, tr in zip(rows, texts, trunc)])
