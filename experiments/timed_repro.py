@@ -18,10 +18,9 @@ import re
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
-from uniapl.stage_server import StageServer
+from uniapl.stage_server import serving
 
 STAGE = re.compile(r"^Running stage '([^']+)'")
 
@@ -43,7 +42,7 @@ def timed_repro(args: list[str], out: str | Path | None, cwd: str | Path = ".", 
     # This interpreter's environment runs DVC and the stages' `python` (the project venv, however launched).
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    with (StageServer(env) if server else nullcontext(env)) as env:
+    with serving(env, server) as env:
         rc, times = _run(args, cwd, env)
     result = {"returncode": rc, "total_seconds": round(time.time() - t0, 1), "stages": times,
               "cpu_count": os.cpu_count(), "args": args, "stage_server": server, "cpu": cpu_facts()}

@@ -107,3 +107,34 @@ def test_env_difference_ignores_dvc_and_shell_variables():
     b = {"A": "1", "DVC_ROOT": "/b", "PWD": "/b", "SHLVL": "2", "DVC_EXP_NAME": "e"}
     assert env_difference(a, b) == []
     assert env_difference(a, {**b, "A": "2", "B": "x"}) == ["A", "B"]
+
+
+def test_exit_handlers_run_when_a_delegated_stage_fails(server, tmp_path):
+    """A stage that exits 2 (a user error) still runs its atexit handlers, as interpreter shutdown would."""
+    env, d = server
+    script = d / "atexit_script.py"
+    script.write_text(textwrap.dedent('''
+        from uniapl.stage_server import delegate
+
+        if __name__ == "__main__":
+            delegate()
+
+        import atexit, sys
+        atexit.register(lambda: open(sys.argv[1], "w").write("ran"))
+        sys.exit(2)
+    '''))
+    marker = tmp_path / "atexit.txt"
+    r = subprocess.run([sys.executable, str(script), str(marker)], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "running in this process" not in r.stderr
+    assert marker.read_text() == "ran"
+
+
+def test_a_server_that_cannot_start_leaves_every_stage_in_its_own_process(capsys):
+    from uniapl.stage_server import serving
+    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
+    with serving(env, True, preload=("no_such_module_here",)) as got:
+        assert got == env  # no server address: stages run as plain `dvc repro` runs them
+    assert "stage server not started" in capsys.readouterr().err
+    with serving(env, True, preload=("json",)) as got:
+        assert os.path.exists(got[ENV_VAR])
+    assert not os.path.exists(got[ENV_VAR])  # stopped and cleaned up

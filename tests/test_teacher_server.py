@@ -83,7 +83,7 @@ def test_a_restarted_run_asks_only_for_the_unfinished_shards(tiny_world, serve, 
     cfg = _cfg(serve(), openai_concurrency=2, openai_shard_size=4, openai_max_retries=1)
     shards = tmp_path / "demos.shards"
     dying = serve(fail_after=6)  # shard 0 (4 prompts) finishes, shard 1 does not
-    with pytest.raises(UserError, match="failed after 1 retries"):
+    with pytest.raises(UserError, match="retried up to 1 times"):
         generate_demos(cfg.model_copy(update={"openai_base_url": dying.base_url}), "unused", rows, shards)
     assert sorted(p.name for p in shards.glob("shard-*")) == ["shard-00000.jsonl"]
     healthy = serve()
@@ -115,3 +115,16 @@ def test_teacher_demos_stage_over_http(tiny_world, serve, tmp_path):
     assert not (d / "data/teacher_demos.shards").exists()  # finished: nothing left to resume
     stats = json.loads((d / "results/teacher_demos.json").read_text())
     assert stats["n_prompts"] == 5
+
+
+def test_malformed_requests_get_an_http_error_not_a_dropped_connection(serve):
+    import urllib.error
+    import urllib.request
+    srv = serve()
+    for body, code in ((b"[1, 2]", 400), (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": null}', 400),
+                       (b"not json", 400), (b'{"messages": "hi", "seed": 1}', 400)):
+        req = urllib.request.Request(srv.base_url + "/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=30)
+        assert e.value.code == code and "error" in json.loads(e.value.read())

@@ -59,7 +59,10 @@ class ChatModel:
         msgs = body.get("messages")
         if not isinstance(msgs, list) or not msgs:
             raise ValueError("messages: a non-empty list is required")
-        temperature = float(body.get("temperature", 1.0))
+        temperature = body.get("temperature", 1.0)
+        if not isinstance(temperature, (int, float)) or temperature < 0:
+            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+        temperature = float(temperature)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 256
         seed = body.get("seed")
         if temperature > 0 and seed is None:
@@ -129,20 +132,25 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, ValueError) as e:
             self._error(400, f"request body is not JSON: {e}")
+            return
+        if not isinstance(body, dict):
+            self._error(400, "request body must be a JSON object")
             return
         with self.server.count_lock:
             self.server.requests.append(body)
             n = len(self.server.requests)
             fail = n <= self.server.fail_first or (self.server.fail_after is not None and n > self.server.fail_after)
         if fail:
-            self._error(503, "injected failure (fail_first)")
+            self._error(503, "injected failure (fail_first / fail_after)")
             return
         try:
             self._reply(200, self.server.model.complete(body))
-        except ValueError as e:
-            self._error(400, str(e))
+        except (ValueError, TypeError, KeyError) as e:  # a malformed request: the client's to fix
+            self._error(400, f"{type(e).__name__}: {e}")
+        except Exception as e:  # noqa: BLE001 - a server fault, reported as one line (the client retries 5xx)
+            self._error(500, f"{type(e).__name__}: {e}")
 
 
 def main() -> None:

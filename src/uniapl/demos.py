@@ -64,11 +64,13 @@ def parse_openai_response(row: dict, resp: dict) -> dict:
 
 
 def _shard_stamp(cfg, rows: list[dict]) -> str:
-    """What a shard directory was made for: the request settings and the prompts, hashed."""
-    h = hashlib.sha256(json.dumps([r["prompt"] for r in rows]).encode()).hexdigest()
+    """What a shard directory was made for: the request settings and the rows (key, prompt, instructions and
+    kwargs: a record's verdicts depend on them), hashed."""
+    h = hashlib.sha256(json.dumps([{k: r.get(k) for k in ("key", "prompt", "instruction_id_list", "kwargs")}
+                                   for r in rows], sort_keys=True).encode()).hexdigest()
     req = {k: v for k, v in openai_request(cfg, {"prompt": ""}, 0).items() if k not in ("messages", "seed")}
     return json.dumps({"request": req, "seed": cfg.seed, "shard_size": cfg.openai_shard_size, "n": len(rows),
-                       "prompts_sha256": h}, sort_keys=True)
+                       "rows_sha256": h}, sort_keys=True)
 
 
 def openai_demos(cfg, rows: list[dict], work_dir: str | Path | None = None) -> list[dict]:
@@ -87,8 +89,9 @@ def openai_demos(cfg, rows: list[dict], work_dir: str | Path | None = None) -> l
             resp = client.chat.completions.create(model=body["model"], messages=body["messages"],
                                                   extra_body={k: v for k, v in body.items() if k not in ("model", "messages")})
         except (openai.APIConnectionError, openai.APIStatusError) as e:
-            raise UserError(f"{cfg.openai_base_url}: the request for prompt {rows[i].get('key', i)} failed after "
-                            f"{cfg.openai_max_retries} retries: {e}") from None
+            raise UserError(f"{cfg.openai_base_url}: the request for prompt {rows[i].get('key', i)} failed ({e}; "
+                            f"connection errors, 408, 409, 429 and 5xx are retried up to {cfg.openai_max_retries} "
+                            "times)") from None
         return parse_openai_response(rows[i], resp.model_dump())
 
     shards = None
@@ -108,7 +111,13 @@ def openai_demos(cfg, rows: list[dict], work_dir: str | Path | None = None) -> l
             if path is not None and path.exists():
                 out += [json.loads(x) for x in path.read_text().splitlines()]
                 continue
-            done = list(pool.map(one, range(lo, min(lo + size, len(rows)))))
+            futures = [pool.submit(one, i) for i in range(lo, min(lo + size, len(rows)))]
+            try:
+                done = [f.result() for f in futures]
+            except BaseException:  # the first failure ends the stage: queued requests are not sent
+                for f in futures:
+                    f.cancel()
+                raise
             if path is not None:
                 with atomic_path(path) as tmp:
                     tmp.write_text("".join(json.dumps(d) + "\n" for d in done))

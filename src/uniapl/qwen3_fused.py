@@ -15,8 +15,9 @@ cat, repeat_kv or an SDPA mask). This module computes the same function with ~23
 
 It reads the model's own parameters (the concatenations are differentiable, so training through it updates
 the model), so it always computes the current policy. Its outputs equal transformers' forward up to float
-rounding (tests/test_models_rollout.py). Only plain Qwen3 qualifies (:func:`supports`): full attention in
-every layer, SiLU, no projection biases; anything else takes transformers' forward.
+rounding (tests/test_qwen3_fused.py, tests/test_models_rollout.py). Only plain Qwen3 qualifies
+(:func:`supports`): full attention in every layer, SiLU, no projection biases, no attention dropout, default
+RoPE; anything else takes transformers' forward.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def supports(model) -> bool:
     if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or ["full_attention"])):
         return False
     if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "attention_bias", False):
+        return False
+    if getattr(cfg, "attention_dropout", 0.0):  # the fused attention has no dropout
         return False
     if getattr(cfg, "rope_scaling", None) not in (None, {}) and (cfg.rope_scaling or {}).get("rope_type", "default") != "default":
         return False

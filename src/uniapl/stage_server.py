@@ -36,6 +36,7 @@ import socket
 import struct
 import sys
 import time
+from contextlib import contextmanager
 
 ENV_VAR = "UNIAPL_STAGE_SERVER"
 PRELOAD = ("numpy", "yaml", "pydantic", "tqdm", "torch", "tokenizers", "transformers", "datasets", "nltk",
@@ -46,7 +47,11 @@ PRELOAD_ATTRS = {"transformers": ("AutoModelForCausalLM", "AutoTokenizer", "PreT
                                   "Qwen3ForCausalLM", "Qwen3ForSequenceClassification")}
 """transformers loads its model classes lazily: touching them imports their modules."""
 _VOLATILE_ENV = ("PWD", "OLDPWD", "SHLVL", "_")
+ACCEPT_TIMEOUT = 60.0
+"""Seconds a client waits for the server to accept its stage before it runs the stage itself."""
 _IN_CHILD = False
+_LISTENER: socket.socket | None = None
+_CHILDREN: set[int] = set()
 
 
 def _volatile(key: str) -> bool:
@@ -115,8 +120,15 @@ def delegate() -> None:
         return
     script = os.path.abspath(sys.argv[0])
     stdio = [fd if _is_open(fd) else os.open(os.devnull, os.O_RDWR) for fd in (0, 1, 2)]  # CI: no stdin
-    _send_msg(sock, {"argv": [script, *sys.argv[1:]], "cwd": os.getcwd(), "env": dict(os.environ)}, stdio)
-    reply, _ = _recv_msg(sock)
+    try:  # until the server has accepted, nothing has started: any failure runs the stage here
+        sock.settimeout(ACCEPT_TIMEOUT)
+        _send_msg(sock, {"argv": [script, *sys.argv[1:]], "cwd": os.getcwd(), "env": dict(os.environ)}, stdio)
+        reply, _ = _recv_msg(sock)
+        sock.settimeout(None)
+    except (OSError, ValueError) as e:  # socket.timeout and ConnectionError are OSErrors
+        print(f"stage server did not accept the stage ({e}); running in this process", file=sys.stderr)
+        sock.close()
+        return
     if not reply.get("accepted"):
         print(f"stage server: {reply.get('reason')}; running in this process", file=sys.stderr)
         sock.close()
@@ -171,15 +183,24 @@ def _run_child(request: dict, fds: list[int]) -> None:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if not isinstance(e.code, (int, type(None))):
             print(e.code, file=sys.stderr)
+    except KeyboardInterrupt:  # as a fresh interpreter: the traceback, then death by SIGINT
+        import traceback
+        traceback.print_exc()
+        code = -signal.SIGINT
     except BaseException:  # noqa: BLE001 - a stage's traceback goes to its own stderr
         import traceback
         traceback.print_exc()
         code = 1
     finally:
         try:
+            import atexit
+            atexit._run_exitfuncs()  # as interpreter shutdown would (logging, DVCLive, temp dirs)
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
+            if code < 0:
+                signal.signal(-code, signal.SIG_DFL)
+                os.kill(os.getpid(), -code)
             os._exit(code)
 
 
@@ -196,7 +217,10 @@ def _start_one(conn: socket.socket, server_env: dict) -> None:
     diff = env_difference({k: v for k, v in server_env.items() if k != "__import_changes__"}, request["env"])
     if len(fds) != 3 or diff:
         reason = f"environment differs from the server's ({', '.join(diff[:5])})" if diff else "no stdio received"
-        _send_msg(conn, {"accepted": False, "reason": reason})
+        try:
+            _send_msg(conn, {"accepted": False, "reason": reason})
+        except OSError:
+            pass
         for fd in fds:
             os.close(fd)
         conn.close()
@@ -206,11 +230,17 @@ def _start_one(conn: socket.socket, server_env: dict) -> None:
     pid = os.fork()
     if pid == 0:
         conn.close()
+        if _LISTENER is not None:
+            _LISTENER.close()
         env = {**request["env"], **{k: v for k, v in changes.items() if v is not None}}
         _run_child({**request, "env": {k: v for k, v in env.items() if not (k in changes and changes[k] is None)}}, fds)
+    _CHILDREN.add(pid)
     for fd in fds:
         os.close(fd)
-    _send_msg(conn, {"accepted": True, "pid": pid})
+    try:
+        _send_msg(conn, {"accepted": True, "pid": pid})
+    except OSError:  # the client is gone: nobody waits for this stage
+        os.kill(pid, signal.SIGKILL)
     threading.Thread(target=_watch, args=(conn, pid), daemon=True).start()
 
 
@@ -237,6 +267,7 @@ def _watch(conn: socket.socket, pid: int) -> None:
                     pass
     threading.Thread(target=relay, daemon=True).start()
     _, status = os.waitpid(pid, 0)
+    _CHILDREN.discard(pid)
     done.set()
     try:
         _send_msg(conn, {"returncode": os.waitstatus_to_exitcode(status)})
@@ -245,8 +276,10 @@ def _watch(conn: socket.socket, pid: int) -> None:
     conn.close()
 
 
-def serve(path: str, ready_fd: int | None = None, preload: tuple[str, ...] = PRELOAD) -> None:
-    """Import ``preload``, listen on ``path``, fork a child per stage until SIGTERM."""
+def serve(path: str, ready_fd: int | None = None, preload: tuple[str, ...] = PRELOAD,
+          parent_fd: int | None = None) -> None:
+    """Import ``preload``, listen on ``path``, fork a child per stage until SIGTERM or until ``parent_fd`` (the
+    read end of a pipe the parent holds open) reaches EOF: the parent died."""
     import importlib
     t0 = time.time()
     server_env = dict(os.environ)  # what a client's environment must equal (before any import touched it)
@@ -258,14 +291,36 @@ def serve(path: str, ready_fd: int | None = None, preload: tuple[str, ...] = PRE
     # gets them from its own imports, so a child gets them too.
     server_env["__import_changes__"] = json.dumps(
         {k: os.environ.get(k) for k in set(server_env) | set(os.environ) if server_env.get(k) != os.environ.get(k)})
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    global _LISTENER
+    sock = _LISTENER = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     if os.path.exists(path):
         os.unlink(path)
     sock.bind(path)
     os.chmod(path, 0o600)
     sock.listen(4)
-    signal.signal(signal.SIGTERM, lambda *_: (sock.close(), os.unlink(path) if os.path.exists(path) else None,
-                                              os._exit(0)))
+
+    def stop(*_):  # SIGTERM, or the parent is gone: no stage outlives the server
+        for pid in list(_CHILDREN):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if os.path.exists(path):
+            os.unlink(path)
+        os._exit(0)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches a stage through its client only
+    if parent_fd is not None:
+        import threading
+
+        def watch_parent():
+            try:
+                while os.read(parent_fd, 1):
+                    pass
+            except OSError:
+                pass
+            stop()
+        threading.Thread(target=watch_parent, daemon=True).start()
     if ready_fd is not None:
         os.write(ready_fd, f"{time.time() - t0:.1f}\n".encode())
         os.close(ready_fd)
@@ -274,7 +329,11 @@ def serve(path: str, ready_fd: int | None = None, preload: tuple[str, ...] = PRE
             conn, _ = sock.accept()
         except OSError:
             return
-        _start_one(conn, server_env)
+        try:
+            _start_one(conn, server_env)
+        except Exception as e:  # noqa: BLE001 - one client's trouble must not end the server
+            print(f"stage server: a request failed ({type(e).__name__}: {e})", file=sys.stderr)
+            conn.close()
 
 
 class StageServer:
@@ -295,21 +354,29 @@ class StageServer:
         path = os.path.join(self.dir, "server.sock")
         env = {k: v for k, v in self.base_env.items() if k != ENV_VAR}
         r, w = os.pipe()
+        self.parent_r, self.parent_w = os.pipe()  # the server exits when this process's end closes
         # imported as uniapl.stage_server (not run as __main__): a child's `delegate()` sees _IN_CHILD
-        code = f"from uniapl.stage_server import serve; serve({path!r}, {w}, {self.preload!r})"
-        self.proc = subprocess.Popen([self.python, "-c", code], env=env, pass_fds=(w,), stdin=subprocess.DEVNULL)
+        code = (f"from uniapl.stage_server import serve; serve({path!r}, {w}, {self.preload!r}, "
+                f"parent_fd={self.parent_r})")
+        self.proc = subprocess.Popen([self.python, "-c", code], env=env, pass_fds=(w, self.parent_r),
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
         os.close(w)
+        os.close(self.parent_r)
         self.seconds = None
         with os.fdopen(r) as f:
             line = f.readline().strip()  # written once the imports are done and the socket listens
         if not line:
             self.proc.wait(timeout=10)
+            self.__exit__()
             raise RuntimeError(f"the stage server exited ({self.proc.returncode}) before listening")
         self.seconds = float(line)
         return {**env, ENV_VAR: path}
 
     def __exit__(self, *exc) -> None:
         import shutil
+        if getattr(self, "parent_w", None) is not None:
+            os.close(self.parent_w)
+            self.parent_w = None
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -319,3 +386,23 @@ class StageServer:
         if self.dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
+
+
+@contextmanager
+def serving(env: dict, enabled: bool = True, preload: tuple[str, ...] = PRELOAD):
+    """The environment to run ``dvc repro`` with: ``env`` plus a running server's address when ``enabled``
+    and the server starts; otherwise ``env`` (every stage then runs in its own process), with a note."""
+    if not enabled:
+        yield env
+        return
+    srv = StageServer(env, preload=preload)
+    try:
+        senv = srv.__enter__()
+    except (RuntimeError, OSError) as e:
+        print(f"stage server not started ({e}); every stage runs in its own process", file=sys.stderr)
+        yield env
+        return
+    try:
+        yield senv
+    finally:
+        srv.__exit__(None, None, None)
