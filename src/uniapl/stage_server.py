@@ -20,9 +20,15 @@ What keeps a delegated stage identical to a fresh ``python experiments/<stage>.p
   variables at import time (``HF_HUB_OFFLINE``, ``OMP_NUM_THREADS``...), so any other difference runs the
   stage in its own process; the variables the server's imports set (torch's ``KMP_*``...) are set in the
   child too, as a fresh process's own imports would;
-* a client that cannot reach the server, or runs under ``torchrun`` (``LOCAL_RANK`` set), runs in its own
-  process; a client that dies takes its child with it (SIGKILL when the connection drops); SIGINT and
-  SIGTERM sent to the client are passed on to the child.
+* a client that cannot reach the server or get its stage accepted, or runs under ``torchrun``
+  (``LOCAL_RANK`` set), runs in its own process; a server that cannot start leaves every stage in its own
+  process (:func:`serving`);
+* a client that dies takes its child with it (SIGKILL when the connection drops); SIGINT and SIGTERM sent
+  to the client are passed on to the child, which runs its atexit handlers on every exit path and dies of
+  SIGINT as a fresh interpreter would;
+* the server runs in its own session (a terminal's Ctrl-C reaches a stage once, through its client), kills
+  its stages on SIGTERM, and exits when the process that started it dies (EOF on a pipe); one client's
+  failure never ends it.
 
 ``tests/test_stage_server.py`` checks that a stage's outputs are byte-identical either way.
 """
