@@ -138,3 +138,10 @@ def test_a_server_that_cannot_start_leaves_every_stage_in_its_own_process(capsys
     with serving(env, True, preload=("json",)) as got:
         assert os.path.exists(got[ENV_VAR])
     assert not os.path.exists(got[ENV_VAR])  # stopped and cleaned up
+
+
+def test_another_interpreter_or_flags_run_in_their_own_process(server, tmp_path):
+    env, d = server
+    r = subprocess.run([sys.executable, "-O", str(_script(d))], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and "another interpreter or flags" in r.stderr

@@ -15,7 +15,8 @@ What keeps a delegated stage identical to a fresh ``python experiments/<stage>.p
 * the server imports third-party code only, never ``uniapl`` or the scripts: a child imports the project's
   code from disk as a fresh process does, so editing ``src/`` during a ``dvc repro`` cannot run stale code;
 * the server runs no tensor op before forking (no thread pool exists yet; a child sets its own threads);
-* the client's environment must equal the one the server started with, apart from DVC's per-stage
+* the client must be the server's interpreter (the same binary, venv and flags), and its environment must equal
+  the one the server started with, apart from DVC's per-stage
   variables (``DVC_*``) and the shell's bookkeeping (``PWD``, ``OLDPWD``, ``SHLVL``, ``_``): libraries read
   variables at import time (``HF_HUB_OFFLINE``, ``OMP_NUM_THREADS``...), so any other difference runs the
   stage in its own process; the variables the server's imports set (torch's ``KMP_*``...) are set in the
@@ -128,7 +129,8 @@ def delegate() -> None:
     stdio = [fd if _is_open(fd) else os.open(os.devnull, os.O_RDWR) for fd in (0, 1, 2)]  # CI: no stdin
     try:  # until the server has accepted, nothing has started: any failure runs the stage here
         sock.settimeout(ACCEPT_TIMEOUT)
-        _send_msg(sock, {"argv": [script, *sys.argv[1:]], "cwd": os.getcwd(), "env": dict(os.environ)}, stdio)
+        _send_msg(sock, {"argv": [script, *sys.argv[1:]], "cwd": os.getcwd(), "env": dict(os.environ),
+                         "python": [os.path.realpath(sys.executable), sys.prefix], "flags": list(sys.flags)}, stdio)
         reply, _ = _recv_msg(sock)
         sock.settimeout(None)
     except (OSError, ValueError) as e:  # socket.timeout and ConnectionError are OSErrors
@@ -221,8 +223,11 @@ def _start_one(conn: socket.socket, server_env: dict) -> None:
         return
     changes = json.loads(server_env["__import_changes__"])
     diff = env_difference({k: v for k, v in server_env.items() if k != "__import_changes__"}, request["env"])
-    if len(fds) != 3 or diff:
-        reason = f"environment differs from the server's ({', '.join(diff[:5])})" if diff else "no stdio received"
+    same_python = (request.get("python") == [os.path.realpath(sys.executable), sys.prefix]  # binary and venv
+                   and request.get("flags") == list(sys.flags))
+    if len(fds) != 3 or diff or not same_python:
+        reason = (f"environment differs from the server's ({', '.join(diff[:5])})" if diff else
+                  f"another interpreter or flags ({request.get('python')})" if not same_python else "no stdio received")
         try:
             _send_msg(conn, {"accepted": False, "reason": reason})
         except OSError:
