@@ -13,14 +13,13 @@ if __name__ == "__main__":
     delegate()  # in `make repro`, a warm interpreter runs this stage (uniapl.stage_server); else a no-op
 
 import argparse
-import json
 import time
 from collections import Counter
 from pathlib import Path
 
 from uniapl.config import load_params
 from uniapl.errors import MissingPathError, run_stage
-from uniapl.io import atomic_path, exit_fast, read_jsonl, write_json
+from uniapl.io import atomic_path, exit_fast, read_jsonl, write_json, write_jsonl
 from uniapl.prompt_data import load_rows, remove_overlap, split_pools, validate_rows
 
 
@@ -41,7 +40,7 @@ def main(params_path: str, out: str, stats_path: str) -> None:
     with atomic_path(out) as tmp:  # both pools or neither
         tmp.mkdir()
         for name, pool in (("train", train), ("validation", val)):
-            (tmp / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pool))
+            write_jsonl(tmp / f"{name}.jsonl", pool)
     ids = Counter(i for r in train for i in r["instruction_id_list"])
     stats = {"source": label, "n_rows": len(rows), "n_overlap_removed": n_overlap, "n_train": len(train),
              "n_validation": len(val), "instructions_train": dict(sorted(ids.items())),

@@ -46,7 +46,7 @@ def timed_repro(args: list[str], out: str | Path | None, cwd: str | Path = ".", 
         rc, times = _run(args, cwd, env)
     result = {"returncode": rc, "total_seconds": round(time.time() - t0, 1), "stages": times,
               "cpu_count": os.cpu_count(), "args": args, "stage_server": server, "cpu": cpu_facts()}
-    return _report(result, times, out, cwd)
+    return _report(result, out, cwd)
 
 
 def _run(args: list[str], cwd, env: dict) -> tuple[int, dict[str, float]]:
@@ -68,8 +68,8 @@ def _run(args: list[str], cwd, env: dict) -> tuple[int, dict[str, float]]:
     return rc, times
 
 
-def _report(result: dict, times: dict[str, float], out, cwd) -> dict:
-    rc = result["returncode"]
+def _report(result: dict, out, cwd) -> dict:
+    rc, times = result["returncode"], result["stages"]
     if out:
         p = Path(cwd) / out
         p.parent.mkdir(parents=True, exist_ok=True)

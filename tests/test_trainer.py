@@ -167,7 +167,11 @@ def test_a_sft_rolls_out_on_its_own_sft_prompts(tiny_world, tmp_path):
     for method in ("a_sft", "grpo"):
         tr = make_trainer(tiny_world, method, tmp_path / method)
         real = tr.engine.generate
-        tr.engine.generate = lambda prompts, *a, _m=method, _r=real, **k: seen.setdefault(_m, prompts) and _r(prompts, *a, **k)
+
+        def recording(prompts, *a, _method=method, _real=real, **k):
+            seen[_method] = prompts
+            return _real(prompts, *a, **k)
+        tr.engine.generate = recording
         tr.train_step()
         cfg = tr.cfg
         sft_idx = tr._indices(0, cfg.batch_sft, stream=1)[: cfg.batch_rl]

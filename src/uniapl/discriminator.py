@@ -184,17 +184,11 @@ def polar_truncate(
 
 # --------------------------------------------------------------------------- model
 def _gather_last(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Pick x[b, last attended position] for per-token outputs (B, T[, 1])."""
+    """Pick x[b, last attended position] for per-token outputs (B, T[, 1]) or hidden states (B, T, D)."""
     if x.dim() == 3:
         x = x.squeeze(-1)
     idx = attention_mask.long().cumsum(dim=1).argmax(dim=1)
     return x[torch.arange(x.shape[0], device=x.device), idx]
-
-
-def _gather_last_rows(h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """h[b, last attended position] of hidden states (B, T, D) -> (B, D)."""
-    idx = attention_mask.long().cumsum(dim=1).argmax(dim=1)
-    return h[torch.arange(h.shape[0], device=h.device), idx]
 
 
 class Discriminator(torch.nn.Module):
@@ -355,7 +349,7 @@ class Discriminator(torch.nn.Module):
         bb = self.backbone
         if qwen3_fused.supports(bb) and isinstance(getattr(bb, "score", None), torch.nn.Linear):
             # the embedded Qwen3 classifier: the fused decoder, the score head at the last real token only
-            return bb.score(_gather_last_rows(qwen3_fused.hidden_states(bb, input_ids), attention_mask))[:, 0].float()
+            return bb.score(_gather_last(qwen3_fused.hidden_states(bb, input_ids), attention_mask))[:, 0].float()
         out = bb(input_ids=input_ids, attention_mask=attention_mask)
         logits = getattr(out, "logits", None)
         if logits is None:

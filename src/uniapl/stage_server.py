@@ -212,17 +212,17 @@ def _run_child(request: dict, fds: list[int]) -> None:
             os._exit(code)
 
 
-def _start_one(conn: socket.socket, server_env: dict) -> None:
+def _start_one(conn: socket.socket, server_env: dict, changes: dict) -> None:
     """Handle one stage: fork (in the server's main thread), then relay signals and report the exit status
-    from a thread."""
+    from a thread. ``server_env``: the server's environment before its imports; ``changes``: what the imports
+    set (a value) or removed (None)."""
     import threading
     try:
         request, fds = _recv_msg(conn, with_fds=3)
     except (ConnectionError, OSError, ValueError):
         conn.close()
         return
-    changes = json.loads(server_env["__import_changes__"])
-    diff = env_difference({k: v for k, v in server_env.items() if k != "__import_changes__"}, request["env"])
+    diff = env_difference(server_env, request["env"])
     same_python = (request.get("python") == [os.path.realpath(sys.executable), sys.prefix]  # binary and venv
                    and request.get("flags") == list(sys.flags))
     if len(fds) != 3 or diff or not same_python:
@@ -243,8 +243,8 @@ def _start_one(conn: socket.socket, server_env: dict) -> None:
         conn.close()
         if _LISTENER is not None:
             _LISTENER.close()
-        env = {**request["env"], **{k: v for k, v in changes.items() if v is not None}}
-        _run_child({**request, "env": {k: v for k, v in env.items() if not (k in changes and changes[k] is None)}}, fds)
+        env = {k: v for k, v in {**request["env"], **changes}.items() if v is not None}
+        _run_child({**request, "env": env}, fds)
     _CHILDREN.add(pid)
     for fd in fds:
         os.close(fd)
@@ -300,8 +300,7 @@ def serve(path: str, ready_fd: int | None = None, preload: tuple[str, ...] = PRE
             getattr(mod, attr)
     # Variables the imports set or removed (torch sets KMP_*, huggingface_hub HF_XET_*...): a fresh process
     # gets them from its own imports, so a child gets them too.
-    server_env["__import_changes__"] = json.dumps(
-        {k: os.environ.get(k) for k in set(server_env) | set(os.environ) if server_env.get(k) != os.environ.get(k)})
+    changes = {k: os.environ.get(k) for k in set(server_env) | set(os.environ) if server_env.get(k) != os.environ.get(k)}
     global _LISTENER
     sock = _LISTENER = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     if os.path.exists(path):
@@ -341,7 +340,7 @@ def serve(path: str, ready_fd: int | None = None, preload: tuple[str, ...] = PRE
         except OSError:
             return
         try:
-            _start_one(conn, server_env)
+            _start_one(conn, server_env, changes)
         except Exception as e:  # noqa: BLE001 - one client's trouble must not end the server
             print(f"stage server: a request failed ({type(e).__name__}: {e})", file=sys.stderr)
             conn.close()

@@ -1,9 +1,17 @@
 """The tiny random Qwen3 both vLLM test modules save in the hub layout and load in vLLM and transformers."""
 
+from types import SimpleNamespace
+
 import torch
 from transformers import Qwen3ForCausalLM
 
 from uniapl.models import tiny_qwen3_config, train_tokenizer
+
+TEXTS = ["Write a note about cats. Answer in lowercase.", "cats are nice. i like cats a lot.",
+         "<<Cats>>\nCats are simple to enjoy.", "Well, to be honest, I really think that cats are good."] * 20
+"""The tokenizer's training texts."""
+ARCH = SimpleNamespace(hidden_size=128, intermediate_size=256, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=64)
+"""The model's shape (head_dim 64: vLLM's CPU attention kernels take it)."""
 
 
 def save_tiny_qwen3(directory, texts: list[str], arch):

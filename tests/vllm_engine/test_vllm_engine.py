@@ -17,12 +17,9 @@ import torch  # noqa: E402
 from uniapl.models import Batch, encode_prompt, pack, sequence_logprobs  # noqa: E402
 from uniapl.rollout import HFEngine, VLLMEngine, row_seed  # noqa: E402
 
-from ._tiny import save_tiny_qwen3  # noqa: E402
+from ._tiny import ARCH, TEXTS, save_tiny_qwen3  # noqa: E402
 
-TEXTS = ["Write a note about cats. Answer in lowercase.", "cats are nice. i like cats a lot.",
-         "<<Cats>>\nCats are simple to enjoy.", "Well, to be honest, I really think that cats are good."] * 20
 PROMPTS = ["cats", "Write a note about cats.", "hello there friend", "Answer in lowercase."]
-ARCH = SimpleNamespace(hidden_size=128, intermediate_size=256, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=64)
 MAX_NEW = 24
 # vLLM's CPU kernels vs the transformers forward, both fp32: measured max |diff| ~1e-6 (issue 18: 4.8e-7).
 LOGPROB_ATOL = 1e-4

@@ -12,13 +12,9 @@ which the Makefile installs into ``.venv-vllm`` for this test). Skipped, with th
 installed."""
 
 import math
-import os
 from types import SimpleNamespace
 
 import pytest
-
-for _k, _v in (("VLLM_ENABLE_V1_MULTIPROCESSING", "0"), ("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1")):
-    os.environ.setdefault(_k, _v)  # as conftest.py here: an in-process engine, no hub (before vLLM is imported)
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed in this venv: run `make test-vllm`")
 
@@ -32,12 +28,9 @@ from uniapl.models import Batch, sequence_logprobs  # noqa: E402
 from uniapl.rollout import build_vllm_engine  # noqa: E402
 from uniapl.trainer import Trainer  # noqa: E402
 
-from ._tiny import save_tiny_qwen3  # noqa: E402
+from ._tiny import ARCH, TEXTS, save_tiny_qwen3  # noqa: E402
 
-TEXTS = ["Write a note about cats. Answer in lowercase.", "cats are nice. i like cats a lot.",
-         "<<Cats>>\nCats are simple to enjoy.", "Well, to be honest, I really think that cats are good."] * 20
 PROMPTS = ["Write a note about cats.", "hello there friend", "Answer in lowercase.", "cats"]
-ARCH = SimpleNamespace(hidden_size=128, intermediate_size=256, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=64)
 STEPS = 3
 IS_ATOL = 1e-3  # fp32 on both sides: vLLM's CPU kernels vs transformers' differ by ~1e-6 per log-prob
 
