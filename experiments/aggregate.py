@@ -6,7 +6,13 @@ summary.json layout::
                                       "length_w1_to_teacher": float|null,
                                       "logp_w1_to_teacher": float|null,
                                       "ppl": {mean, std, ci95, n, values}|null}}},
-     "tests": {<student>: {"uniapl_vs_grpo": {...}, "uniapl_vs_sft->grpo": {...}, ...}}}
+     "tests": {<student>: {"uniapl_vs_grpo": {...}, "uniapl_vs_sft->grpo": {...}, ...}},
+     "claims": [{name, student, a, b, verdict, effect, ci95, p, mde, ..., "secondary": {...}}],
+     "chosen_on_validation": {<student>: {"v2": method, "best_lambda": method, ...}},
+     "selection": {<method>: {"chosen": {settings}, "candidate": id, "score": float}}}
+
+Each trained row also has ``plateau`` (``analysis.plateau_of``: each seed's validation curve against
+``claims.plateau_tol``). The claims are paired prompt-level comparisons (``uniapl.paired``).
 
 Only the runs that dvc.yaml declares for the current params count (``analysis.declared_runs``; results
 of runs a smaller ``pipeline.seeds`` or ``lambda_sweep`` dropped stay on disk, unread). Methods that
@@ -22,10 +28,12 @@ if __name__ == "__main__":
     delegate()  # in `make repro`, a warm interpreter runs this stage (uniapl.stage_server); else a no-op
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
 from uniapl import analysis as A
+from uniapl import claims as C
 from uniapl.errors import run_stage
 from uniapl.io import atomic_path, exit_fast, write_json
 
@@ -154,15 +162,27 @@ def write_tables(summary: dict, out_dir: str | Path = "paper/tables") -> list[Pa
 def main(results_dir: str, out: str, tables_dir: str, students: list[str], methods: list[str] | None,
          params_path: str = "params.yaml", runs: set[str] | None = None) -> dict:
     """``runs``: count only these run names (``analysis.declared_runs``); None: every run on disk."""
+    from uniapl.config import load_params, run_config
     lam = None
     if Path(params_path).exists():  # the uniapl row is the sweep's point at uniapl.lambda_adv
-        from uniapl.config import load_params, run_config
         lam = run_config(load_params(params_path), "uniapl", "student-s", 0).lambda_adv
     if not (Path(results_dir) / "eval").is_dir():
         from uniapl.errors import MissingPathError
         raise MissingPathError(f"{results_dir}/eval: no such directory (run the evaluation and training stages "
                                "first, `dvc repro`, or check --results)")
     summary = A.build_summary(results_dir, students, methods, uniapl_lambda=lam, runs=runs)
+    from uniapl.config import ClaimsConfig
+    ccfg = load_params(params_path).claims if Path(params_path).exists() else ClaimsConfig()
+    for st, rows in summary["rows"].items():  # per trained row: did every seed's validation curve plateau?
+        for m, row in rows.items():
+            if m not in ("teacher", "base"):
+                row["plateau"] = C.plateau_of(results_dir, st, m, ccfg.plateau_tol, runs)
+    claims, chosen = C.claim_results(results_dir, list(summary["rows"]), ccfg, runs)
+    summary["claims"], summary["chosen_on_validation"] = claims + C.distribution_claims(summary), chosen
+    sel_dir = Path(results_dir) / "selection"
+    summary["selection"] = {p.stem: {"chosen": d.get("chosen"), "candidate": d.get("candidate"), "score": d.get("score")}
+                            for p in sorted(sel_dir.glob("*.json")) if (d := json.loads(p.read_text())).get("candidate")}
+    summary = A._clean(summary)
     write_json(out, summary)
     write_tables(summary, tables_dir)
     for s, rows in summary["rows"].items():

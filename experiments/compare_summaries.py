@@ -46,8 +46,8 @@ def to_markdown(cmp: dict, labels: tuple[str, str]) -> str:
             c = r[sp]
             cells += [_pm(c["a"]), _pm(c["b"]), f"{c['welch']['diff'] * 100:+.1f} ({_p(c['welch']['p'])})"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"| paper claim | {la} | {lb} |", "|---|---|---|"]
-    lines += [f"| {c['claim']} | {c['a']} | {c['b']} |" for c in cmp["claims"]]
+    lines += ["", f"| paper claim | student | {la} | {lb} |", "|---|---|---|---|"]
+    lines += [f"| {c['claim']} | {c['student']} | {c['a']} | {c['b']} |" for c in cmp["claims"]]
     for key, lab in (("only_a", la), ("only_b", lb)):
         if cmp[key]:
             lines += ["", f"Only in {lab}: " + ", ".join(cmp[key])]

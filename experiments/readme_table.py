@@ -2,7 +2,7 @@
 
 Writes the block between ``<!-- headline-results:start -->`` and ``<!-- headline-results:end -->`` in
 README.md: IFEval prompt-level strict accuracy (mean ± std over seeds, and the number of seeds) per
-student and method on both splits, and the verdict of each paper claim (``uniapl.analysis.claims``).
+student and method on both splits, and the verdict of each paper claim (``summary["claims"]``).
 The README's numbers therefore cannot drift from ``results/``; ``tests/test_readme.py`` fails when they do.
 
     python experiments/readme_table.py           # rewrite README.md between the markers
@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from uniapl import analysis as A
+from uniapl import claims as C
 
 START = "<!-- headline-results:start -->"
 END = "<!-- headline-results:end -->"
@@ -65,11 +66,10 @@ def results_table(summary: dict) -> list[str]:
 
 
 def claims_table(summary: dict) -> list[str]:
-    """Each paper claim: its verdict here and the evidence of every student that ran the comparison."""
-    lines = ["| paper claim | verdict here | evidence |", "|---|---|---|"]
-    for c in A.claims(summary):
-        ev = "; ".join(f"`{p['student']}`: {p['evidence']}" for p in c["parts"] if p["verdict"] != "not run")
-        lines.append(f"| {c['claim']} | {c['verdict']} | {ev or DASH} |")
+    """Each paper claim per student: its verdict here and the paired evidence (``summary["claims"]``)."""
+    lines = ["| paper claim | student | verdict here | evidence |", "|---|---|---|---|"]
+    for c in summary.get("claims", []):
+        lines.append(f"| {c['name']} | `{c['student']}` | {c['verdict']} | {C.claim_evidence(c)} |")
     return lines
 
 
@@ -79,9 +79,9 @@ def render(summary: dict) -> str:
              "", "IFEval prompt-level strict accuracy (%), greedy decoding, on 200 in-domain (ID) and 200 OOD prompts. "
              "Trained rows: mean ± std over n seeds; teacher and base students: one evaluation (n = 1).", ""]
     lines += results_table(summary)
-    lines += ["", "The paper's claims (`uniapl.analysis.claims`): Welch's t-test over seeds (against the teacher: "
-              "one-sample t), combined over the students that ran the comparison; replicated = the paper's sign "
-              "and p < 0.05.", ""]
+    lines += ["", "The paper's claims (`uniapl.analysis.claim_results`): paired over seeds and prompts, two-way bootstrap "
+              "95% CI, p and the minimum detectable difference at 80% power; replicated = CI above 0, reversed = below 0, "
+              "not replicated = CI below the smallest effect of interest, else inconclusive.", ""]
     lines += claims_table(summary)
     return "\n".join(lines) + "\n"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from uniapl import analysis as A
+from uniapl import claims as C
 from uniapl.errors import UserError, run_stage
 from uniapl.figures import FIGURES
 from uniapl.io import atomic_path
@@ -56,16 +57,19 @@ def setting(params: dict) -> list[str]:
 
 def claims_section(summary: dict | None) -> list[str]:
     lines = ["## Claims", "",
-             "Primary metric: in-domain prompt-level strict accuracy. A claim is *replicated* when the difference has "
-             "the paper's sign and Welch's t-test over seeds gives p < 0.05 (a one-sample t-test against the single "
-             "teacher evaluation for the teacher claim; per-seed Wasserstein-1 distances for the distribution claim); "
-             "*not replicated* when the sign is opposite; otherwise *inconclusive*.", "",
-             "| claim | verdict | evidence |", "|---|---|---|"]
+             "Each claim is a paired comparison (same seeds, same prompts) on the in-domain test split with the primary "
+             "metric declared in params.yaml (`claims.primary_metric`); a two-way (seed x prompt) bootstrap gives the "
+             "effect's 95% CI, p and the minimum detectable difference (MDE) at 80% power (`uniapl.paired`). "
+             "*replicated*: the CI lies above 0; *reversed*: below 0; *not replicated*: it excludes the smallest effect "
+             "of interest (`claims.min_effect`); *inconclusive*: it contains both 0 and that effect. The staged "
+             "adversarial configuration (v2) and the best lambda_adv are chosen on the validation split.", "",
+             "| claim | student | verdict | evidence | OOD |", "|---|---|---|---|---|"]
     if summary is None:
         return lines[:-2] + ["No results/summary.json: nothing was run.", ""]
-    for c in A.claims(summary):
-        ev = "<br>".join(f"{p['student']}: {p['verdict']}; {p['evidence']}" for p in c["parts"]) or "not run"
-        lines.append(f"| {c['claim']} | **{c['verdict']}** | {ev} |")
+    for c in summary.get("claims", []):
+        ood = c.get("secondary", {}).get(f"ood/{c['metric']}")
+        o = "–" if not ood else f"{ood['verdict']} ({ood['effect'] * 100:+.1f} pts, p={ood['p']:.3g})"
+        lines.append(f"| {c['name']} | {c['student']} | **{c['verdict']}** | {C.claim_evidence(c)} | {o} |")
     return lines + [""]
 
 

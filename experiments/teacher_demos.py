@@ -1,4 +1,8 @@
-"""Stage `teacher_demos`: one teacher sample per training prompt, with verdicts and log-probs (the SFT data).
+"""Stage `teacher_demos`: teacher samples of the training prompts, with verdicts and log-probs (the SFT data).
+
+`teacher_demos.n_samples` samples per prompt; with `only_passing` the SFT pool is every passing sample
+(`uniapl.demos.demo_pools`), and the stage reports the pass rate and the coverage (share of prompts with at least
+one passing sample).
 
 Backends: `hf` (the embedded teacher, transformers), `vllm` (offline engine) or `openai` (any
 OpenAI-compatible server, e.g. `vllm serve Qwen/Qwen3-235B-A22B-Instruct-2507`) at paper scale: concurrent
@@ -22,7 +26,7 @@ from pathlib import Path
 import torch
 
 from uniapl.config import load_params
-from uniapl.demos import generate_demos
+from uniapl.demos import demo_pools, generate_demos
 from uniapl.errors import run_stage
 from uniapl.io import exit_fast, read_jsonl, write_json, write_jsonl
 
@@ -37,9 +41,12 @@ def main(params_path: str, teacher: str, prompts: str, out: str) -> None:
     shards = Path(out).with_name(Path(out).stem + ".shards")  # openai backend: finished shards (resume)
     demos = generate_demos(p.teacher_demos, teacher, rows, work_dir=shards)
     pass_rate = sum(d["pass"] for d in demos) / len(demos)
-    write_jsonl(out, demos)  # every demonstration, with its verdict: only_passing filters the SFT pool only
-    n_sft = sum(d["pass"] for d in demos) if p.teacher_demos.only_passing else len(demos)
-    stats = {"n_prompts": len(rows), "n_kept": n_sft, "pass_rate": pass_rate,
+    write_jsonl(out, demos)  # every sample, with its verdict: only_passing filters the SFT pool only
+    _, sft = demo_pools(demos, p.teacher_demos.only_passing)
+    covered = len({d["key"] for d in demos if d["pass"]})
+    stats = {"n_prompts": len(rows), "n_samples_per_prompt": p.teacher_demos.n_samples, "n_kept": len(sft),
+             "pass_rate": pass_rate, "coverage": covered / len(rows),
+             "pass_rate_first_sample": sum(d["pass"] for d in demos if d["sample"] == 0) / len(rows),
              "mean_tokens": sum(d["n_tokens"] for d in demos) / len(demos),
              "truncated": sum(d["truncated"] for d in demos) / len(demos), "seconds": round(time.time() - t0, 1)}
     write_json("results/teacher_demos.json", stats)

@@ -25,12 +25,14 @@ import torch
 import yaml
 
 from uniapl.config import deep_merge, load_params, run_config
+from uniapl.demos import demo_pools
 from uniapl.discriminator import Discriminator
 from uniapl.errors import MissingPathError, UserError, run_stage
 from uniapl.io import atomic_path, exit_fast, read_jsonl, run_metadata, write_json
 from uniapl.methods import METHODS
 from uniapl.models import load_policy, load_tokenizer
 from uniapl.rollout import build_vllm_engine
+from uniapl.selection import candidate
 from uniapl.trainer import Trainer
 
 
@@ -80,10 +82,29 @@ def discard_stale_checkpoint(out: Path, config: dict) -> None:
     stamp.write_text(text)
 
 
+def rollouts_per_step(cfg) -> int:
+    """Rollouts one optimizer step samples (0 for methods without rollouts): the compute-matching unit."""
+    return cfg.batch_rl * cfg.group_size if METHODS[cfg.method].uses_rollouts else 0
+
+
+def validation_curve(out: Path, cfg, per_step: int) -> dict:
+    """The run's greedy validation accuracy against optimizer steps and rollouts (from its history), and its
+    budget: steps, rollouts, SFT demonstrations and rollout tokens seen."""
+    hist = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines() if x.strip()]
+    pts = [h for h in hist if "val/prompt_strict" in h]
+    return {"metric": "prompt_strict", "split": "validation", "n_prompts": cfg.eval_prompts,
+            "steps": [h["step"] + 1 for h in pts], "rollouts": [(h["step"] + 1) * per_step for h in pts],
+            "prompt_strict": [h["val/prompt_strict"] for h in pts],
+            "budget": {"steps": cfg.steps, "rollouts": cfg.steps * per_step,
+                       "demonstrations": cfg.steps * cfg.batch_sft if METHODS[cfg.method].uses_sft else 0,
+                       "rollout_tokens": round(sum(h.get("train/response_len", 0.0) for h in hist) * per_step),
+                       "train_seconds": round(sum(h.get("perf/step_seconds", 0.0) for h in hist), 1)}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--method", required=True, choices=sorted(METHODS))
+    ap.add_argument("--method", default=None, choices=sorted(METHODS), help="required unless --candidate")
     ap.add_argument("--student", default="student-s")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default=None, help="run name (default: the method); output runs/<student>/<name>/seed<k>")
@@ -92,6 +113,12 @@ def main() -> None:
     ap.add_argument("--evaluate", action="store_true",
                     help="then evaluate the final model (IFEval, teacher-scored log-probs, held-out ppl) "
                          "into results/eval|logp|ppl/runs/<student>/<name>/seed<k>")
+    ap.add_argument("--selected", default=None,
+                    help="directory of the `choose` stage (results/selection): start from <dir>/<method>.json's chosen "
+                         "settings (--set overrides them)")
+    ap.add_argument("--candidate", default=None,
+                    help="a selection candidate (params selection.grid.<id>): method, student, seed and settings from "
+                         "there; output runs/select/<id>, its validation curve results/select/<id>.json, no test split")
     ap.add_argument("--keep-checkpoint", action="store_true", help="keep the last checkpoint after a finished run")
     ap.add_argument("--models", default="models")
     ap.add_argument("--demos", default="data/teacher_demos.jsonl")
@@ -104,6 +131,18 @@ def main() -> None:
 
     params = load_params(a.params)
     extra = parse_sets(a.set)
+    if a.candidate is not None:
+        # the candidate's method, student (selection.student), seed (selection.seed) and settings
+        a.method, a.student, a.seed, cand = candidate(params, a.candidate)
+        a.name, a.out, a.evaluate = a.candidate, a.out or f"runs/select/{a.candidate}", False
+        extra = {**cand, **extra}
+    if a.method is None:
+        raise UserError("--method is required (or --candidate)")
+    if a.selected is not None:
+        sel = Path(a.selected) / f"{a.method}.json"
+        if not sel.is_file():
+            raise MissingPathError(f"{sel}: no such file (run `dvc repro choose` first, or check --selected)")
+        extra = {**(json.loads(sel.read_text()).get("chosen") or {}), **extra}
     if a.init_from:
         extra["init_from"] = a.init_from
     if a.deepspeed:
@@ -118,11 +157,12 @@ def main() -> None:
         for split, keys in (("in_domain", EVAL_KEYS), ("ood", EVAL_KEYS), ("base_heldout", ("prompt", "response"))):
             read_jsonl(f"data/world/{split}.jsonl", keys=keys)
     # Inputs are read (and checked) before anything is written or loaded.
-    demos = read_jsonl(a.demos, keys=("prompt", "response")
-                       + (("instruction_id_list", "kwargs") if METHODS[cfg.method].uses_rollouts else ())
-                       + (("pass",) if params.teacher_demos.only_passing else ()))
-    # only_passing: SFT imitates the passing demonstrations; RL still samples every prompt
-    sft_demos = [d for d in demos if d["pass"]] if params.teacher_demos.only_passing else None
+    samples = read_jsonl(a.demos, keys=("prompt", "response", "pass")
+                         + (("instruction_id_list", "kwargs") if METHODS[cfg.method].uses_rollouts else ()))
+    # RL: every prompt once (reference: a passing teacher sample); SFT: the passing samples (only_passing)
+    demos, sft_demos = demo_pools(samples, params.teacher_demos.only_passing)
+    # the validation curve (plateau criterion, selection): the world's validation split, never a test split
+    val_rows = read_jsonl("data/world/validation.jsonl", keys=EVAL_KEYS) if cfg.eval_every else None
     src = cfg.init_from or f"{a.models}/{cfg.student}"
     tok = load_tokenizer(src)  # a missing model directory fails here, naming it
     name = a.name or a.method
@@ -149,7 +189,7 @@ def main() -> None:
         # colocated in this process, loaded from the policy's directory; synced before each step's rollouts
         engine = build_vllm_engine(cfg, src, tok)
     trainer = Trainer(cfg, policy, tok, demos, out, discriminator=disc, ref_policy=ref, engine=engine,
-                      sft_demos=sft_demos)
+                      sft_demos=sft_demos, val_rows=val_rows)
     init_digest = None
     if cfg.distributed == "deepspeed":
         # Launch: torchrun --nproc_per_node N experiments/train.py --deepspeed ... (or the deepspeed launcher).
@@ -193,6 +233,9 @@ def main() -> None:
         write_json(out / "run.json", meta)
         live.end()
     print(f"{out}: {cfg.method} done in {time.time() - t0:.0f}s")
+    if a.candidate is not None and trainer.rank == 0:
+        write_json(Path("results/select") / f"{a.candidate}.json",
+                   {"candidate": a.candidate, "method": cfg.method, **validation_curve(out, cfg, rollouts_per_step(cfg))})
     if trainer.rank == 0 and not a.keep_checkpoint:  # finished: nothing to resume (saves disk)
         shutil.rmtree(out / "checkpoint", ignore_errors=True)
     if a.evaluate and trainer.rank == 0:
@@ -201,8 +244,9 @@ def main() -> None:
         n_runs = params.evaluate.n_sampled_runs
         n_runs = params.evaluate.n_sampled if n_runs is None else n_runs
         final = load_policy(str(out / "model")).to(device)  # the saved model (also right under ZeRO-3)
-        evaluate_and_score(params, final, tok, f"runs/{a.student}/{name}/seed{a.seed}",
-                           teacher_dir=f"{a.models}/teacher", n_sampled=n_runs)
+        model_name = f"runs/{a.student}/{name}/seed{a.seed}"
+        evaluate_and_score(params, final, tok, model_name, teacher_dir=f"{a.models}/teacher", n_sampled=n_runs)
+        write_json(Path("results/eval") / model_name / "validation.json", validation_curve(out, cfg, rollouts_per_step(cfg)))
         print(f"{out}: evaluated in {time.time() - t1:.0f}s")
 
 

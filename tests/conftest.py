@@ -25,7 +25,7 @@ TINY_MODEL = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads"
 
 def tiny_params() -> dict:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["world"].update(n_train=96, n_in_domain=12, n_ood=8, n_heldout_base=8)
+    p["world"].update(n_train=96, n_in_domain=12, n_ood=8, n_heldout_base=8, n_validation=8)
     p["tokenizer"]["vocab_size"] = 400
     p["pretrain"]["threads"] = 1
     for name, spec in p["pretrain"]["models"].items():
@@ -35,7 +35,9 @@ def tiny_params() -> dict:
     p["discriminator"].update(n_prompts=60, steps=5, batch_size=8, hidden_size=32, num_layers=1, num_heads=2,
                               num_kv_heads=1, head_dim=16, intermediate_size=64)
     p["train"].update(steps=3, batch_rl=2, group_size=2, batch_sft=4, max_new_tokens=16, threads=1,
-                      checkpoint_every=2, micro_batch=4)
+                      checkpoint_every=2, micro_batch=4, eval_every=0)
+    for m in ("sft", "a_sft"):  # their own (long) step counts and validation cadence in params.yaml
+        p[m].update(steps=3, eval_every=0)
     return p
 
 

@@ -274,7 +274,8 @@ def test_stage_scripts_read_only_declared_params():
         sets = {argv[i + 1].split("=")[0] for i in range(len(argv) - 1) if argv[i] == "--set"}
         need = set(reads)
         for method, attr in runs:
-            sections = METHODS[method or opt["--method"]].param_sections
+            run_method = method or opt.get("--method") or raw["selection"]["grid"][opt["--candidate"]]["method"]
+            sections = METHODS[run_method].param_sections
             if attr:  # one setting of the run: from the method's section, else from train
                 own = [s for s in sections if attr in (raw.get(s) or {})]
                 need |= {f"{s}.{attr}" for s in own} or {f"train.{attr}"}

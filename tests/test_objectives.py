@@ -65,6 +65,11 @@ def test_group_advantages_hand_values():
 def test_shaped_rewards():
     assert torch.allclose(O.shaped_rewards(torch.tensor([1.0, 0.0]), torch.tensor([0.5, -2.0]), 0.1),
                           torch.tensor([1.05, -0.2]))
+    # with group_size: the score enters as the separate term's standardised advantage (same lambda scale)
+    r, s = torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.tensor([3.0, 1.0, 10.0, 30.0])
+    z = O.adversarial_advantages(s, 2)
+    assert torch.allclose(O.shaped_rewards(r, s, 0.5, group_size=2), r + 0.5 * z)
+    assert torch.allclose(z.abs(), torch.full((4,), 2 ** -0.5), atol=1e-5)  # unit std per group, any score scale
 
 
 def test_kl_estimators_hand_values():

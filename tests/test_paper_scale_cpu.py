@@ -41,7 +41,7 @@ def test_paper_scale_shaped_pipeline_on_cpu(tiny_world, tmp_path):
     try:
         paper = {"prompts": {"source": str(data), "n_validation": 4},
                  "pretrain": {"models": {n: {"name_or_path": str(hub / n)} for n in MODELS}},
-                 "teacher_demos": {"backend": "openai", "openai_base_url": srv.base_url, "openai_model": "teacher",
+                 "teacher_demos": {"backend": "openai", "n_samples": 1, "openai_base_url": srv.base_url, "openai_model": "teacher",
                                    "openai_concurrency": 4, "openai_shard_size": 16}}
         profile = tmp_path / "paper-cpu.yaml"
         profile.write_text(yaml.safe_dump(deep_merge(yaml.safe_load((ROOT / "profiles/quick.yaml").read_text()), paper)))

@@ -72,7 +72,7 @@ def test_parquet_and_a_datasets_directory_load(tmp_path):
 def _stage_dir(tmp_path, tiny_world, source_rows, **prompts):
     d = tmp_path / "w"
     (d / "data/world").mkdir(parents=True)
-    for split in ("in_domain", "ood"):
+    for split in ("in_domain", "ood", "validation"):
         (d / f"data/world/{split}.jsonl").write_text((tiny_world / f"data/world/{split}.jsonl").read_text())
     _write_jsonl(d / "mine.jsonl", source_rows)
     p = yaml.safe_load((tiny_world / "params.yaml").read_text())

@@ -105,7 +105,7 @@ def test_teacher_demos_stage_over_http(tiny_world, serve, tmp_path):
     shutil.copytree(tiny_world / "data/world", d / "data/world")
     shutil.copytree(tiny_world / "data/prompts", d / "data/prompts")
     p = yaml.safe_load((tiny_world / "params.yaml").read_text())
-    p["teacher_demos"].update(backend="openai", openai_base_url=srv.base_url, openai_model="teacher",
+    p["teacher_demos"].update(backend="openai", n_samples=1, openai_base_url=srv.base_url, openai_model="teacher",
                               n_prompts=5, openai_shard_size=2)
     (d / "params.yaml").write_text(yaml.safe_dump(p))
     load_params(d / "params.yaml")

@@ -187,7 +187,7 @@ def test_only_passing_filters_the_sft_pool_not_the_rl_prompts(tiny_world, tmp_pa
     """With a separate SFT pool (teacher_demos.only_passing), SFT batches come from it and rollouts from every
     prompt; without one, both streams index the same rows in the same order as before."""
     p = load_params(tiny_world / "params.yaml")
-    demos = read_jsonl(tiny_world / "data/teacher_demos.jsonl")
+    demos = [d for d in read_jsonl(tiny_world / "data/teacher_demos.jsonl") if d["sample"] == 0]  # one per prompt
     passing = demos[::3]  # stands in for the passing subset
     cfg = run_config(p, "uniapl", "student-s", 0, {})
     tok = load_tokenizer(tiny_world / "models/student-s")
@@ -203,3 +203,42 @@ def test_only_passing_filters_the_sft_pool_not_the_rl_prompts(tiny_world, tmp_pa
     with pytest.raises(ValueError, match="SFT pool is empty"):
         Trainer(cfg, load_policy(tiny_world / "models/student-s"), tok, demos, tmp_path / "e", discriminator=disc,
                 sft_demos=[])
+
+
+def test_validation_during_training_changes_no_bits(tiny_world, tmp_path):
+    """Greedy validation evaluations (eval_every) are logged at their steps and the last one, and leave the run's
+    weights bit-identical to a run without them (no random state touched)."""
+    val = read_jsonl(tiny_world / "data/world/validation.jsonl")
+    p = load_params(tiny_world / "params.yaml")
+    tok = load_tokenizer(tiny_world / "models/student-s")
+    demos = read_jsonl(tiny_world / "data/teacher_demos.jsonl")
+    states, hists = [], []
+    for every in (0, 2):
+        cfg = run_config(p, "grpo", "student-s", 0, {"steps": 3, "eval_every": every, "eval_prompts": 6})
+        tr = Trainer(cfg, load_policy(tiny_world / "models/student-s"), tok, demos, tmp_path / str(every),
+                     val_rows=val)
+        tr.fit(progress=False)
+        states.append(tr.policy.state_dict())
+        hists.append([json.loads(x) for x in (tmp_path / str(every) / "history.jsonl").read_text().splitlines()])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert [("val/prompt_strict" in h) for h in hists[1]] == [False, True, True]  # step 2, and the last (3)
+    assert not any("val/prompt_strict" in h for h in hists[0])
+    assert 0 <= hists[1][-1]["val/prompt_strict"] <= 1
+    with pytest.raises(ValueError, match="validation prompts"):
+        Trainer(run_config(p, "grpo", "student-s", 0, {"eval_every": 1}), tr.policy, tok, demos, tmp_path / "x")
+
+
+def test_demo_pools_rl_every_prompt_sft_the_passing_samples():
+    from uniapl.demos import demo_pools
+    rows = [{"key": "a", "prompt": "A", "response": "a0", "sample": 0, "pass": False},
+            {"key": "a", "prompt": "A", "response": "a1", "sample": 1, "pass": True},
+            {"key": "b", "prompt": "B", "response": "b0", "sample": 0, "pass": False},
+            {"key": "b", "prompt": "B", "response": "b1", "sample": 1, "pass": False},
+            {"key": "c", "prompt": "C", "response": "c0", "sample": 0, "pass": True}]
+    rl, sft = demo_pools(rows, only_passing=True)
+    assert [r["key"] for r in rl] == ["a", "b", "c"]  # every prompt, never filtered
+    assert [r["response"] for r in rl] == ["a1", "b0", "c0"]  # reference: the first passing sample
+    assert [r["alt_response"] for r in rl] == ["a0", "b1", None]  # the co-trained discriminator's positive
+    assert [r["response"] for r in sft] == ["a1", "c0"]
+    _, sft_all = demo_pools(rows, only_passing=False)
+    assert [r["response"] for r in sft_all] == ["a0", "b0", "c0"]  # each prompt's first sample

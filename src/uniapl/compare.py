@@ -34,6 +34,7 @@ def compare_summaries(a: dict, b: dict, splits=A.SPLITS, metric: str = A.PRIMARY
                 entry[sp] = {"a": sa, "b": sb, "welch": A.welch_test(sb["values"], sa["values"])}
             rows.append(entry)
     only_b += [f"{s}/{m}" for s in b["rows"] if s not in a["rows"] for m in b["rows"][s]]
-    ca, cb = A.claims(a), {c["claim"]: c["verdict"] for c in A.claims(b)}
+    cb = {(c["name"], c["student"]): c["verdict"] for c in b.get("claims", [])}
     return {"metric": metric, "rows": rows, "only_a": only_a, "only_b": only_b,
-            "claims": [{"claim": c["claim"], "a": c["verdict"], "b": cb.get(c["claim"], "not run")} for c in ca]}
+            "claims": [{"claim": c["name"], "student": c["student"], "a": c["verdict"],
+                        "b": cb.get((c["name"], c["student"]), "not run")} for c in a.get("claims", [])]}

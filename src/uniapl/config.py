@@ -35,6 +35,9 @@ class WorldConfig(Strict):
     """Training prompts (RL prompts, SFT demonstrations, pretraining corpora)."""
     n_in_domain: int = Field(200, gt=0)
     """In-domain test prompts: unseen prompts, seen types, combinations and kwarg ranges."""
+    n_validation: int = Field(200, ge=0)
+    """Validation prompts (in-distribution, disjoint from train and both test splits): every choice of the
+    protocol (the selection grid, the plateau criterion) reads this split, never a test split [ours]."""
     n_ood: int = Field(200, gt=0)
     """OOD test prompts, spread evenly over the four generalisation axes."""
     n_heldout_base: int = Field(200, gt=0)
@@ -150,7 +153,7 @@ class PromptsConfig(Strict):
     """The `datasets` configuration (None: the default one)."""
     split: str = "train"
     """The `datasets` split."""
-    exclude: list[str] = ["data/world/in_domain.jsonl", "data/world/ood.jsonl"]
+    exclude: list[str] = ["data/world/in_domain.jsonl", "data/world/ood.jsonl", "data/world/validation.jsonl"]
     """Evaluation sets (JSONL with `prompt`) whose prompts are removed from the training pools [ours]."""
     n_validation: int = Field(0, ge=0)
     """Prompts drawn (with `seed`) into the validation pool; 0 for the embedded world, which has its own
@@ -169,9 +172,13 @@ class TeacherDemosConfig(Strict):
     n_prompts: int | None = Field(None, gt=0)
     """Demonstrate only the first n training prompts (None: all). Every method draws its SFT and RL
     batches from the demonstrated prompts, so this is also the training prompt pool [ours]."""
+    n_samples: int = Field(1, ge=1)
+    """Teacher samples per prompt (backends hf and vllm; openai: 1). With only_passing, every passing sample is
+    an SFT demonstration, so more samples keep at least one for more prompts (coverage in the stage's
+    metrics); the discriminator's reference is a prompt's first passing sample [ours]."""
     only_passing: bool = False
-    """SFT imitates only the demonstrations that pass every instruction; the RL prompt pool keeps every prompt
-    (the stage writes every demonstration with its verdict). Off, as the paper keeps all [ours]."""
+    """SFT imitates only the samples that pass every instruction (rejection sampling); the RL prompt pool keeps
+    every prompt (the stage writes every sample with its verdict) [ours: the paper does not say]."""
     seed: int = 0
     """Base of the per-prompt sampling seeds."""
     dtype: Literal["bf16", "fp32"] = "fp32"
@@ -201,6 +208,8 @@ class TeacherDemosConfig(Strict):
 
     @model_validator(mode="after")
     def _check_sampling(self):
+        if self.backend == "openai" and self.n_samples != 1:
+            raise ValueError(f"n_samples={self.n_samples}: the openai backend draws one sample per prompt")
         if self.backend != "openai" and (self.top_p != 1.0 or self.top_k not in (-1, 0)):
             raise ValueError(f"top_p={self.top_p}, top_k={self.top_k}: the {self.backend} backend samples the "
                              "full distribution (top_p 1, top_k -1); other values need backend openai")
@@ -353,6 +362,12 @@ class TrainConfig(Strict):
     term (`grad/sft_norm`) and their cosine (`grad/cos_pg_sft`), as weighted in the loss and before clipping,
     when a step has both: whether the terms are balanced as intended. Costs one copy of the gradients per
     step (set false for multi-billion-parameter policies); single process only (not under DeepSpeed)."""
+    eval_every: int = Field(0, ge=0)
+    """Steps between greedy evaluations on the world's validation split during training (`val/prompt_strict`
+    in the run's curves and `validation.json`; the last optimizer step is always evaluated); 0: off. The
+    plateau criterion and the selection stage read this curve, never a test split [ours]."""
+    eval_prompts: int = Field(200, gt=0)
+    """Validation prompts of those evaluations (the first n of the split)."""
     checkpoint_every: int = Field(20, ge=1)
     """Steps between checkpoints (atomic; a killed run resumes from the last one bit for bit)."""
     dtype: Literal["bf16", "fp32"] = "fp32"
@@ -396,6 +411,56 @@ class PipelineConfig(Strict):
     """lambda_adv values of the sweep, besides uniapl's own `uniapl.lambda_adv`."""
 
 
+class SelectionConfig(Strict):
+    """The selection stage (`select@<candidate>`, then `choose`): short grids per method, one seed, scored on the
+    validation split; each main run of a method starts from that method's chosen settings
+    (`results/selection/<method>.json`), with `--set` overrides (ablations) on top [ours: the protocol]."""
+
+    student: str = "student-s"
+    """The student the grid is run on (its choice is used for every student: the budget has no second grid)."""
+    seed: int = 0
+    """The seed of every candidate run (not one of the main runs' seeds: selection and test stay apart)."""
+    score: Literal["final", "last_quarter_mean"] = "last_quarter_mean"
+    """Score of a candidate: its final validation prompt_strict, or the mean of its evaluations in the last
+    quarter of its steps (less noise from one evaluation)."""
+    grid: dict[str, dict] = {}
+    """Candidate id -> {method: <name>, <train keys>: values}, e.g. `grpo_lr3e-4: {method: grpo, lr: 3.0e-4}`.
+    A method without candidates (and without `share`) keeps its params.yaml settings."""
+    share: dict[str, str] = {}
+    """Method -> another method whose chosen settings it uses (it has no candidates of its own), e.g.
+    `a_grpo: grpo`: the budget selects one learning rate per family [ours]."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        for m, src in self.share.items():
+            if m not in METHODS or src not in METHODS:
+                raise ValueError(f"share.{m}: {src!r}: both must be methods ({sorted(METHODS)})")
+            if any(c.get("method") == m for c in self.grid.values()):
+                raise ValueError(f"share.{m}: {m} has candidates of its own in grid")
+        import re
+        for cid, cand in self.grid.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", cid):
+                raise ValueError(f"grid.{cid}: a candidate id is letters, digits, '_' and '-' only (it names a DVC "
+                                 "stage and a params path, where '.' would split it)")
+            if not isinstance(cand, dict) or cand.get("method") not in METHODS:
+                raise ValueError(f"grid.{cid}: needs method: one of {sorted(METHODS)}")
+        return self
+
+
+class ClaimsConfig(Strict):
+    """How the aggregate turns runs into verdicts (declared before the runs are made)."""
+
+    primary_metric: Literal["greedy", "sampled"] = "greedy"
+    """The metric of every claim: greedy prompt-level strict (IFEval's) or the mean over sampled responses at
+    evaluate.temperature; both are reported, this one decides."""
+    min_effect: float = Field(0.03, gt=0)
+    """Smallest effect of interest (accuracy, 0.03 = 3 points): a CI below it is 'not replicated', one that
+    straddles both 0 and it is 'inconclusive' (uniapl.paired)."""
+    plateau_tol: float = Field(0.01, gt=0)
+    """Plateau criterion: a run has plateaued when the mean validation accuracy over its evaluations in the last
+    quarter of its steps is less than this above the mean over the quarter before (0.01 = 1 point)."""
+
+
 class _ParamsBase(Strict):
     world: WorldConfig
     """The embedded world (stage `world`)."""
@@ -413,6 +478,10 @@ class _ParamsBase(Strict):
     """The frozen discriminator (stage `discriminator`)."""
     pipeline: PipelineConfig = PipelineConfig()
     """Which runs dvc.yaml's matrices train."""
+    selection: SelectionConfig = SelectionConfig()
+    """The per-method grid on the validation split (stages `select@*`, `choose`)."""
+    claims: ClaimsConfig = ClaimsConfig()
+    """The verdicts' statistics (stage `aggregate`)."""
     train: dict = {}
     """Defaults of every training run (fields of TrainConfig)."""
 
@@ -466,6 +535,12 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
         raise ConfigError(_format(e, str(path))) from None
     for m in METHODS:  # every method's settings must validate on their own
         run_config(params, m, "student-s", 0, source=str(path))
+    for cid, cand in params.selection.grid.items():  # and every selection candidate's
+        try:
+            run_config(params, cand["method"], params.selection.student, params.selection.seed,
+                       {k: v for k, v in cand.items() if k != "method"})
+        except ConfigError as e:
+            raise ConfigError(f"{path}: selection.grid.{cid}: " + str(e).split("\n", 1)[-1].strip()) from None
     return params
 
 

@@ -24,14 +24,17 @@ def _record(row: dict, text: str, n_tokens: int, truncated: bool, logprob: float
 
 
 def generate_demos(cfg, teacher: str, rows: list[dict], work_dir: str | Path | None = None) -> list[dict]:
-    """One sample per prompt at ``cfg.temperature``; seeds from (cfg.seed, 0, prompt index).
+    """``cfg.n_samples`` samples per prompt at ``cfg.temperature``, prompt-major (each record has ``sample``);
+    seeds from (cfg.seed, sample, prompt index), so sample 0 is the same for any ``n_samples``.
 
     ``work_dir``: the openai backend's shard directory (resume); None: no resume."""
     if cfg.backend == "openai":
-        return openai_demos(cfg, rows, work_dir)
+        return [dict(d, sample=0) for d in openai_demos(cfg, rows, work_dir)]
     tok = load_tokenizer(teacher)
-    prompts = encode_prompts(tok, [r["prompt"] for r in rows])
-    seeds = [row_seed(cfg.seed, 0, i) for i in range(len(rows))]
+    k = cfg.n_samples
+    prompts = [p for p in encode_prompts(tok, [r["prompt"] for r in rows]) for _ in range(k)]
+    seeds = [row_seed(cfg.seed, j, i) for i in range(len(rows)) for j in range(k)]
+    rows = [dict(r, sample=j) for r in rows for j in range(k)]
     if cfg.backend == "vllm":
         from uniapl.rollout import VLLMEngine
         engine = VLLMEngine(teacher, tok, seed=cfg.seed)
@@ -39,8 +42,28 @@ def generate_demos(cfg, teacher: str, rows: list[dict], work_dir: str | Path | N
         engine = HFEngine(load_policy(teacher), tok, autocast_dtype(cfg.dtype))
     out = engine.generate(prompts, seeds, cfg.temperature, cfg.max_new_tokens)
     texts = decode_responses(tok, out.response_ids)
-    return [_record(r, text, len(ids), bool(tr), float(lp.sum()))
+    return [dict(_record(r, text, len(ids), bool(tr), float(lp.sum())), sample=r["sample"])
             for r, text, ids, lp, tr in zip(rows, texts, out.response_ids, out.logprobs, out.truncated.tolist())]
+
+
+def demo_pools(demos: list[dict], only_passing: bool) -> tuple[list[dict], list[dict]]:
+    """(RL prompt pool, SFT pool) from the teacher's samples (records with ``key``, ``sample``, ``pass``).
+
+    RL pool: one row per prompt, every prompt (never filtered); its ``response`` is the discriminator's
+    reference, the prompt's first passing sample (else its first sample), and ``alt_response`` another sample
+    of the same prompt when there is one (the co-trained discriminator's positive). SFT pool: every passing
+    sample (``only_passing``), else each prompt's first sample."""
+    by_key: dict[str, list[dict]] = {}
+    for d in demos:
+        by_key.setdefault(d.get("key", d["prompt"]), []).append(d)
+    rl, sft = [], []
+    for group in by_key.values():
+        group = sorted(group, key=lambda d: d.get("sample", 0))
+        ref = next((d for d in group if d.get("pass")), group[0])
+        alt = next((d for d in group if d is not ref), None)
+        rl.append(dict(ref, alt_response=None if alt is None else alt["response"]))
+        sft += [d for d in group if d["pass"]] if only_passing else [group[0]]
+    return rl, sft
 
 
 def openai_request(cfg, row: dict, index: int) -> dict:

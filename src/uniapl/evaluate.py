@@ -13,7 +13,8 @@ def evaluate_model(model, tokenizer, rows: list[dict], max_new_tokens: int, n_sa
                    seed: int, batch_size: int = 200, autocast_dtype: torch.dtype | None = None) -> tuple[dict, list[dict]]:
     """Greedy responses scored as official IFEval, plus ``n_sampled`` samples per prompt at ``temperature``.
 
-    Returns (metrics, response rows in IFEval's format with ``n_tokens``, ``truncated``, ``sampled``).
+    Returns (metrics, response rows in IFEval's format with ``n_tokens``, ``truncated``, ``pass`` and
+    ``pass_loose`` (the greedy response's prompt-level verdicts) and ``sampled``).
     """
     engine = HFEngine(model, tokenizer, autocast_dtype)
     prompts = [encode_prompt(tokenizer, r["prompt"]) for r in rows]
@@ -24,7 +25,10 @@ def evaluate_model(model, tokenizer, rows: list[dict], max_new_tokens: int, n_sa
         out_rows.append({"key": r["key"], "prompt": r["prompt"], "instruction_id_list": r["instruction_id_list"],
                          "kwargs": r["kwargs"], "response": text, "n_tokens": len(ids),
                          "truncated": trunc, "sampled": []})
-    metrics = ifeval.score_rows(out_rows)
+    verdicts: list = []
+    metrics = ifeval.score_rows(out_rows, verdicts)
+    for r, (strict, loose) in zip(out_rows, verdicts):  # per prompt: the paired tests of the claims read them
+        r["pass"], r["pass_loose"] = all(strict), all(loose)
     sampled_pass = []
     if n_sampled:  # all samples in one call: finished rows leave the batch, so one big batch decodes fastest
         seeds = [row_seed(seed, 10_000 + k, i) for k in range(n_sampled) for i in range(len(rows))]

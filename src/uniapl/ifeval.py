@@ -116,11 +116,12 @@ def verifier_reward(row: dict, text: str, truncated: bool, mode: str, truncated_
     return float(all(strict)) if mode == "binary" else sum(strict) / len(strict)
 
 
-def score_rows(rows: Iterable[dict]) -> dict:
+def score_rows(rows: Iterable[dict], verdicts: list | None = None) -> dict:
     """IFEval's four accuracies over rows with ``prompt``, ``instruction_id_list``,
     ``kwargs`` and ``response``: prompt-level = all instructions of a prompt followed,
     instruction-level = fraction of all instructions followed (as the harness's
-    ``agg_inst_level_acc``).  Returns those plus ``n``, the number of prompts."""
+    ``agg_inst_level_acc``).  Returns those plus ``n``, the number of prompts.
+    ``verdicts``: a list that receives each row's (strict, loose) instruction verdicts."""
     n = p_strict = p_loose = i_strict = i_loose = n_inst = 0
     for index, row in enumerate(rows):
         try:
@@ -130,6 +131,8 @@ def score_rows(rows: Iterable[dict]) -> dict:
         strict, loose = check_response(
             row["prompt"], row["instruction_id_list"], row["kwargs"], row["response"]
         )
+        if verdicts is not None:
+            verdicts.append((strict, loose))
         n += 1
         p_strict += all(strict)
         p_loose += all(loose)

@@ -115,9 +115,18 @@ def adversarial_advantages(scores: Tensor, group_size: int, scale_std: bool = Tr
     return group_advantages(scores, group_size, scale_std=scale_std, eps=eps)
 
 
-def shaped_rewards(rewards: Tensor, scores: Tensor, lambda_adv: float) -> Tensor:
-    """Reward-shaping ablation: fold the discriminator score into the task reward, r + lambda * s."""
-    return rewards + lambda_adv * scores
+def shaped_rewards(rewards: Tensor, scores: Tensor, lambda_adv: float, group_size: int | None = None,
+                   scale_std: bool = True) -> Tensor:
+    """Reward-shaping ablation: fold the discriminator score into the task reward, r + lambda * z(s).
+
+    With ``group_size``, z(s) is the score standardised within its group exactly as the separate term's
+    advantage (:func:`adversarial_advantages`, ``scale_std``), so lambda means the same in both: one unit of
+    lambda is one group-std of the score next to a reward of scale 1. The two differ only in where the sum is
+    normalised (shaping: GRPO's advantage of r + lambda z(s) is re-standardised, so in a group whose rewards
+    are all equal the score's ranking alone sets a unit-variance advantage). ``group_size=None``: the raw score
+    (``r + lambda * s``)."""
+    z = scores if group_size is None else adversarial_advantages(scores, group_size, scale_std=scale_std)
+    return rewards + lambda_adv * z
 
 
 # ----------------------------------------------------------------------------- KL estimators

@@ -99,7 +99,7 @@ class Trainer:
 
     def __init__(self, cfg, policy, tokenizer, demos: list[dict], out_dir: str | Path, discriminator=None,
                  ref_policy=None, engine=None, total_steps: int | None = None, log_fn=None,
-                 sft_demos: list[dict] | None = None):
+                 sft_demos: list[dict] | None = None, val_rows: list[dict] | None = None):
         self.cfg, self.policy, self.tok, self.demos = cfg, policy, tokenizer, demos
         self.method = METHODS[cfg.method]
         self.out = Path(out_dir)
@@ -142,6 +142,9 @@ class Trainer:
             self.sft_demo_ids = _LazyEncoded(sft_demos, lambda d: encode_response(tokenizer, d["response"]))
             self.sft_order = list(range(len(sft_demos)))
             random.Random(cfg.seed).shuffle(self.sft_order)
+        self.val_rows = (val_rows or [])[: cfg.eval_prompts]
+        if cfg.eval_every and not self.val_rows:
+            raise ValueError("eval_every > 0 needs validation prompts (val_rows)")
         self.step = 0
 
     # ------------------------------------------------------------------ distribution
@@ -289,7 +292,8 @@ class Trainer:
         if self.method.adv != "none":
             scores = self.disc.score([r["prompt"] for r in rows], [r["response"] for r in rows], texts)
             metrics["train/adv_score_mean"] = scores.mean().item()
-        r_for_adv = O.shaped_rewards(rewards, scores, cfg.lambda_adv) if self.method.adv == "shaped" else rewards
+        r_for_adv = (O.shaped_rewards(rewards, scores, cfg.lambda_adv, G, cfg.adv_scale_std)
+                     if self.method.adv == "shaped" else rewards)
         adv = O.group_advantages(r_for_adv, G, scale_std=cfg.scale_std)
         adv_adv = O.adversarial_advantages(scores, G, scale_std=cfg.adv_scale_std)
         resp = [r if r else [self.tok.eos_token_id] for r in out.response_ids]
@@ -406,11 +410,28 @@ class Trainer:
         from uniapl.discriminator import gail_update
         rows = roll["rows"][:: self.cfg.group_size]
         pol = roll["texts"][:: self.cfg.group_size]
-        # reference: the demo of the prompt; expert candidate: a second expert demo is not available per
-        # prompt, so the reference itself serves as the positive (its own-policy anchor).
+        # reference: the prompt's teacher sample; expert candidate: a second teacher sample of the same prompt
+        # (``alt_response``, teacher_demos.n_samples > 1), else the reference itself (then D learns to spot copies)
         d = gail_update(self.disc, self.disc_opt, [r["prompt"] for r in rows], [r["response"] for r in rows],
-                        [r["response"] for r in rows], pol)
+                        [r.get("alt_response") or r["response"] for r in rows], pol)
         return {f"disc/{k}": float(v) for k, v in d.items() if isinstance(v, (int, float))}
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> dict:
+        """Greedy IFEval metrics of the current policy on the validation prompts (``val/*``). No random state is
+        touched (greedy), so a run with and without these evaluations trains the same bits."""
+        from uniapl.evaluate import evaluate_model
+        was_training = self.policy.training
+        with self._generation_context():
+            m, _ = evaluate_model(self.policy, self.tok, self.val_rows, self.cfg.max_new_tokens, 0, 1.0, 0,
+                                  batch_size=len(self.val_rows), autocast_dtype=self.amp)
+        self.policy.train(was_training)
+        return {"val/prompt_strict": m["prompt_strict"], "val/inst_strict": m["inst_strict"],
+                "val/mean_len": m["mean_len"]}
+
+    def _due_validation(self) -> bool:
+        e = self.cfg.eval_every
+        return bool(e) and (self.step % e == 0 or self.step == self.cfg.steps)
 
     # ------------------------------------------------------------------ checkpoints (see checkpoint.py)
     def save_checkpoint(self, path: Path) -> None:
@@ -447,6 +468,8 @@ class Trainer:
                    dynamic_ncols=True)
         while self.step < self.cfg.steps:
             metrics = self.train_step()
+            if self._due_validation():
+                metrics.update(self.validate())
             metrics["step"] = self.step - 1
             history.append(metrics)
             if live is not None:

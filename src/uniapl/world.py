@@ -5,12 +5,14 @@ own ``build_description`` (lm-evaluation-harness), so the same checker code grad
 
 Two seeded, deterministic writers produce the pretraining corpora:
 
-* the **expert writer** (teacher style): short plain sentences, no filler, and it satisfies every
+* the **expert writer** (teacher style): 2-3 plain sentences, no filler, and it satisfies every
   instruction (each response is verified with the real checkers; failures are rewritten);
-* the **student writer** (base-student style): longer, wordier, comma-heavy sentences, and it follows
-  each instruction only with probability ``follow_prob`` (like a small instruction-tuned model).
+* the **student writer** (base-student style): the same sentence bank, hedged ("Well, ...", "..., I
+  think.") and longer (3-4 sentences, a filler line half the time), and it follows each instruction only
+  with probability ``follow_prob`` (like a small instruction-tuned model of the expert's family).
 
-Splits: ``train``; ``in_domain`` (unseen prompts, seen types, combinations and kwarg ranges);
+Splits: ``train``; ``validation`` (unseen in-distribution prompts for every choice: selection, plateau);
+``in_domain`` (unseen prompts, seen types, combinations and kwarg ranges);
 ``ood`` (IFBench-like: more instructions per prompt, held-out type pairs, unseen kwarg values,
 unseen topics; each row tagged with its ``ood_axis``).
 """
@@ -116,7 +118,7 @@ def _draw_types(rng: random.Random, k: int, weights: dict[str, float], allow_hel
 
 
 def build_splits(cfg: WorldConfig) -> dict[str, list[dict]]:
-    """Deterministic prompts for ``train``, ``in_domain`` and ``ood`` (no prompt text repeats)."""
+    """Deterministic prompts for ``train``, ``in_domain``, ``validation`` and ``ood`` (no prompt text repeats)."""
     rng = random.Random(cfg.seed)
     seen: set[str] = set()
     ks = list(range(1, len(cfg.n_instructions_probs) + 1))
@@ -135,6 +137,8 @@ def build_splits(cfg: WorldConfig) -> dict[str, list[dict]]:
 
     splits: dict[str, list[dict]] = {"train": [fresh(in_dist) for _ in range(cfg.n_train)],
                                      "in_domain": [fresh(in_dist) for _ in range(cfg.n_in_domain)]}
+    # drawn after in_domain so that adding it leaves train and in_domain as they were
+    splits["validation"] = [fresh(in_dist) for _ in range(cfg.n_validation)]
     axes = ("more_instructions", "unseen_combination", "unseen_kwargs", "unseen_topic")
     ood = []
     for i in range(cfg.n_ood):
@@ -169,20 +173,19 @@ def build_splits(cfg: WorldConfig) -> dict[str, list[dict]]:
 
 # --- the writers ---------------------------------------------------------------------------------
 
-_EXPERT_SENTENCES = (
+# One sentence bank for both writers [ours]: the base student and the expert share vocabulary and phrasing, as a
+# 0.6B and a 235B model of one family do, so imitation refines an answer instead of replacing every sentence.
+_SENTENCES = (
     "{T} are simple to enjoy.", "I like {t} a lot.", "{T} can make a day better.",
     "Many people think {t} are good.", "There is always more to learn about {t}.",
     "{T} are an important thing in daily life.", "A quiet hour with {t} is good.",
     "{T} bring calm and joy.", "You can read about {t} in any library.", "Most days {t} feel new.",
+    "{T} have a long history.", "Some people say {t} are boring.",
 )
-_STUDENT_SENTENCES = (
-    "Well, to be honest, I really think that {t} are, in many ways, a very interesting thing to talk about.",
-    "Of course, people have many different opinions about {t}, and that is, after all, quite natural.",
-    "In my view, {t} are good, important, and, frankly, very easy to like, at least for most people.",
-    "Some people say that {t} are boring, but, as far as I can tell, that is really not the case.",
-    "Overall, when you think about it, {t} matter a lot, and, in fact, they shape many things around us.",
-    "Interestingly, {t} have a long history, and, honestly, there is a lot more to say about them.",
-)
+# The student's habits on top of the same bank: hedged openers and asides (comma-heavy), more sentences and a
+# closing filler line, and instructions followed only with its follow_prob.
+_HEDGES = ("Well, ", "Honestly, ", "In my view, ", "To be fair, ", "Of course, ")
+_ASIDES = (", I think.", ", to be honest.", ", in many ways.", ", really.")
 _FILLER = ("Anyway, that is about it.", "So, yes, that is my answer.", "Well, I hope this helps, in some way.")
 _KEYWORD_SENTENCE = "I also think of the {kw}."
 _PS_TEXT = "{m} Thanks for reading."
@@ -208,10 +211,10 @@ def _render(row: dict, sentences: list[str], apply: set[str], style: str, rng: r
         sentences.insert(rng.randrange(len(sentences) + 1), _KEYWORD_SENTENCE.format(kw=kw[KEYWORD]["keywords"][0]))
     if WORDS in apply:  # add or drop sentences until the word-count relation holds
         rel, n = kw[WORDS]["relation"], kw[WORDS]["num_words"]
-        pool = _EXPERT_SENTENCES if style == "expert" else _STUDENT_SENTENCES
         if rel == "at least":
             while _word_count(" ".join(sentences)) < n + 2:
-                sentences.append(_fill(rng.choice(pool), topic))
+                extra = _fill(rng.choice(_SENTENCES), topic)
+                sentences.append(extra if style == "expert" else _hedge(extra, rng))
         else:
             while len(sentences) > 1 and _word_count(" ".join(sentences)) > n - 8:
                 sentences.pop()
@@ -225,13 +228,13 @@ def _render(row: dict, sentences: list[str], apply: set[str], style: str, rng: r
     if BULLETS in apply:
         n = kw[BULLETS]["num_bullets"]
         while len(sentences) < n:
-            sentences.append(_fill(rng.choice(_EXPERT_SENTENCES), topic))
+            sentences.append(_fill(rng.choice(_SENTENCES), topic))
         head, items = sentences[: max(0, len(sentences) - n)], sentences[-n:]
         body = ((" ".join(head) + "\n") if head else "") + "\n".join("* " + s for s in items)
     elif PARAS in apply:
         n = kw[PARAS]["num_paragraphs"]
         while len(sentences) < n:
-            sentences.append(_fill(rng.choice(_EXPERT_SENTENCES), topic))
+            sentences.append(_fill(rng.choice(_SENTENCES), topic))
         chunks = [sentences[i::n] for i in range(n)]
         body = "\n***\n".join(" ".join(c) for c in chunks)
     else:
@@ -267,7 +270,7 @@ def expert_response(row: dict, rng: random.Random) -> str:
     """The teacher-style answer: 2-3 short sentences, every instruction satisfied (verified)."""
     from uniapl import ifeval
     for _ in range(20):
-        sentences = [_fill(s, row["topic"]) for s in rng.sample(_EXPERT_SENTENCES, rng.choice((2, 3)))]
+        sentences = [_fill(s, row["topic"]) for s in rng.sample(_SENTENCES, rng.choice((2, 3)))]
         text = _render(row, sentences, set(row["instruction_id_list"]), "expert", rng)
         strict = ifeval.check_strict(row["prompt"], row["instruction_id_list"], row["kwargs"], text)
         if all(strict):
@@ -275,10 +278,21 @@ def expert_response(row: dict, rng: random.Random) -> str:
     return text  # rare: the best effort is kept; the pass rate is reported by the world stage
 
 
+def _hedge(sentence: str, rng: random.Random) -> str:
+    """A bank sentence in the student's voice: a hedged opener, an aside before the full stop, or both."""
+    roll = rng.random()
+    if roll < 0.45:
+        sentence = rng.choice(_HEDGES) + sentence[:1].lower() + sentence[1:]
+    if roll > 0.3:
+        sentence = sentence[:-1] + rng.choice(_ASIDES)
+    return sentence
+
+
 def student_response(row: dict, rng: random.Random, follow_prob: float) -> str:
-    """The base-student answer: wordy, comma-heavy, each instruction followed with ``follow_prob``."""
+    """The base-student answer: the expert's sentence bank, hedged and longer (3-4 sentences, a filler line
+    half the time), each instruction followed with probability ``follow_prob``."""
     apply = {t for t in row["instruction_id_list"] if rng.random() < follow_prob}
-    sentences = [_fill(s, row["topic"]) for s in rng.sample(_STUDENT_SENTENCES, rng.choice((2, 3)))]
+    sentences = [_hedge(_fill(s, row["topic"]), rng) for s in rng.sample(_SENTENCES, rng.choice((3, 4)))]
     if rng.random() < 0.5:
         sentences.append(rng.choice(_FILLER))
     return _render(row, sentences, apply, "student", rng)
