@@ -17,7 +17,7 @@ What keeps a delegated stage identical to a fresh ``python experiments/<stage>.p
 * the server runs no tensor op before forking (no thread pool exists yet; a child sets its own threads);
 * the client must be the server's interpreter (the same binary, venv and flags), and its environment must equal
   the one the server started with, apart from DVC's per-stage
-  variables (``DVC_*``) and the shell's bookkeeping (``PWD``, ``OLDPWD``, ``SHLVL``, ``_``): libraries read
+  variables (``DVC_*``) and the shell's bookkeeping (``PWD``, ``OLDPWD``, ``SHLVL``, ``_``, the prompts ``PS1``/``PS2``): libraries read
   variables at import time (``HF_HUB_OFFLINE``, ``OMP_NUM_THREADS``...), so any other difference runs the
   stage in its own process; the variables the server's imports set (torch's ``KMP_*``...) are set in the
   child too, as a fresh process's own imports would;
@@ -53,7 +53,7 @@ PRELOAD = ("numpy", "yaml", "pydantic", "tqdm", "torch", "tokenizers", "transfor
 PRELOAD_ATTRS = {"transformers": ("AutoModelForCausalLM", "AutoTokenizer", "PreTrainedTokenizerFast", "Qwen3Config",
                                   "Qwen3ForCausalLM", "Qwen3ForSequenceClassification")}
 """transformers loads its model classes lazily: touching them imports their modules."""
-_VOLATILE_ENV = ("PWD", "OLDPWD", "SHLVL", "_")
+_VOLATILE_ENV = ("PWD", "OLDPWD", "SHLVL", "_", "PS1", "PS2")
 ACCEPT_TIMEOUT = 60.0
 """Seconds a client waits for the server to accept its stage before it runs the stage itself."""
 _IN_CHILD = False
