@@ -137,6 +137,7 @@ MISSING_DIR = [
 def test_a_missing_model_or_data_directory_is_named(tmp_path, params_file, argv, needle):
     _write_jsonl(tmp_path / "data/teacher_demos.jsonl", [ROW] * 3)
     _write_jsonl(tmp_path / "data/world/train.jsonl", [ROW] * 3)
+    _write_jsonl(tmp_path / "data/world/validation.jsonl", [ROW] * 3)
     _write_jsonl(tmp_path / "data/prompts/train.jsonl", [ROW] * 3)
     _write_jsonl(tmp_path / "data/world/corpus_expert.jsonl", [ROW] * 3)
     r = run([str(ROOT / argv[0]), "--params", params_file(), *argv[1:]], tmp_path, check=False)
@@ -144,6 +145,19 @@ def test_a_missing_model_or_data_directory_is_named(tmp_path, params_file, argv,
     assert "Repo id must be in the form" not in err, err
     if argv[0] == "experiments/train.py":
         assert not (tmp_path / "runs").exists(), "a run that could not start left a run directory"
+
+
+def test_selection_arguments_fail_cleanly(tmp_path, params_file):
+    """An unknown selection candidate, and --selected without the `choose` stage's file, are one message each and
+    leave no run directory."""
+    _write_jsonl(tmp_path / "data/teacher_demos.jsonl", [ROW] * 3)
+    r = run([str(ROOT / "experiments/train.py"), "--params", params_file(), "--candidate", "grpo_lr9"], tmp_path,
+            check=False)
+    _user_error(r, "selection.grid has no candidate 'grpo_lr9'", "grpo_lr3e-4")
+    r = run([str(ROOT / "experiments/train.py"), "--params", params_file(), "--method", "grpo", "--selected",
+             "results/selection"], tmp_path, check=False)
+    _user_error(r, "results/selection/grpo.json: no such file", "dvc repro choose")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_bad_command_line_value_is_one_message(tmp_path, params_file):
