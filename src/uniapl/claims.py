@@ -42,7 +42,8 @@ def claim_evidence(c: dict) -> str:
     lo, hi = c["ci95"]
     return (f"{c['a']} {c['mean_a'] * 100:.1f} vs {c['b']} {c['mean_b'] * 100:.1f}: effect {c['effect'] * 100:+.1f} pts, "
             f"95% CI [{lo * 100:+.1f}, {hi * 100:+.1f}], p={c['p']:.3g}, MDE {c['mde'] * 100:.1f} pts "
-            f"({c['n_seeds']} seeds x {c['n_prompts']} prompts, {c['metric']}, {c['split']})")
+            f"(se from seeds {(c.get('se_seed') or 0) * 100:.1f}, from prompts {(c.get('se_prompt') or 0) * 100:.1f}; "
+            f"{c['n_seeds']} seeds x {c['n_prompts']} prompts, {c['metric']}, {c['split']})")
 
 
 def read_validation(results_dir, model: str) -> dict | None:
@@ -108,8 +109,8 @@ def claim_results(results_dir, students, claims_cfg, runs=None, split_metrics=No
 
             r = stat("in_domain", primary)
             entry.update({"verdict": paired.verdict(r, claims_cfg.min_effect), "min_effect": claims_cfg.min_effect,
-                          **({k: r[k] for k in ("effect", "ci95", "p", "mde", "se", "n_seeds", "n_prompts",
-                                                "mean_a", "mean_b")} if r else
+                          **({k: r.get(k) for k in ("effect", "ci95", "p", "mde", "se", "se_seed", "se_prompt", "df",
+                                                    "n_seeds", "n_prompts", "mean_a", "mean_b")} if r else
                              {"effect": None, "ci95": None, "p": None, "mde": None})})
             entry["secondary"] = {}
             for split, metric in (("ood", primary), ("in_domain", other), ("ood", other)):
