@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from uniapl.errors import DataError
+
 VERDICTS = ("replicated", "reversed", "not replicated", "inconclusive", "not run")
 
 
@@ -49,7 +51,8 @@ def read_pass(results_dir: str | Path, model: str, split: str, metric: str = "gr
         else:
             field = "pass" if metric == "greedy" else "pass_loose"
             if field not in r:
-                raise KeyError(f"{p}:{i + 1}: no '{field}' (evaluated before per-prompt verdicts were written)")
+                raise DataError(f"{p}:{i + 1}: no '{field}' (evaluated before per-prompt verdicts were written: "
+                                "re-run its stage)")
             out[r["key"]] = float(r[field])
     return out
 
