@@ -23,6 +23,10 @@ def test_default_params_validate():
     ({"grpo": {"group_size": 1}}, "grpo.group_size"),
     ({"uniapl": {"lambda_adv": -1}}, "uniapl.lambda_adv"),
     ({"pipeline": {"seeds": []}}, "pipeline.seeds"),
+    ({"pipeline": {"seeds": [[0, 1], [1, 2]]}}, "seeds: a seed appears twice"),
+    ({"pipeline": {"seeds": [0, 1]}}, "pipeline.seeds.0"),
+    ({"pipeline": {"seeds": [[0, 1, 2]]}}, "pipeline.seeds.0"),
+    ({"pipeline": {"lambda_sweep": [[0.5, 0.5]]}}, "lambda_sweep: a value appears twice"),
     ({"world": {"ood_n_instructions": 2}}, "ood_n_instructions must exceed"),
     ({"world": {"type_weights": {"made:up": 1.0}}}, "unknown instruction types ['made:up']"),
     ({"grpo": {"disc_cotrain": True}}, "disc_cotrain needs a method with an adversarial term"),
@@ -258,8 +262,17 @@ def test_stage_scripts_read_only_declared_params():
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     cache, problems = {}, []
+    commands = []  # (stage, argv of one command): a side-by-side stage's commands one by one
     for st in Repo(str(ROOT)).index.stages:
         argv = shlex.split(st.cmd)
+        if argv[1:2] == ["experiments/side_by_side.py"]:
+            rest = argv[2:]
+            if rest[:1] == ["--jobs"]:
+                rest = rest[2:]
+            commands += [(st, shlex.split(c)) for c in rest]
+        else:
+            commands.append((st, argv))
+    for st, argv in commands:
         script = next(a for a in argv if a.startswith("experiments/") and a.endswith(".py"))
         if script not in cache:
             cache[script] = _params_reads(ROOT / script)

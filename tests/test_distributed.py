@@ -50,8 +50,14 @@ def torchrun(world: Path, out: Path, steps: int, stage: int) -> None:
     try:
         log, _ = p.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        log, _ = p.communicate()
+        # torchrun starts each rank in a session of its own: SIGTERM to torchrun stops its ranks (a SIGKILL to
+        # its process group alone would leave them holding the output pipe, and communicate() would never return)
+        p.send_signal(signal.SIGTERM)
+        try:
+            log, _ = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            log = ""
         raise AssertionError(f"torchrun timed out after {TIMEOUT_S}s (a rank waiting in a collective?):\n"
                              f"{log[-5000:]}")
     assert p.returncode == 0, f"torchrun failed ({p.returncode}):\n{log[-6000:]}"

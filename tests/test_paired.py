@@ -66,6 +66,17 @@ def test_verdicts():
     assert paired.verdict(None, 0.03) == "not run"
 
 
+def test_equivalence_verdicts():
+    eq = paired.equivalence_verdict
+    assert eq({"effect": 0.0, "ci95": [-0.02, 0.02]}, 0.03) == "equivalent"
+    assert eq({"effect": 0.01, "ci95": [-0.03, 0.05]}, 0.03) == "inconclusive"  # cannot rule out 3 points
+    assert eq({"effect": 0.02, "ci95": [0.005, 0.035]}, 0.03) == "differs"
+    assert eq({"effect": -0.05, "ci95": [-0.09, -0.01]}, 0.03) == "differs"
+    assert eq(None, 0.03) == "not run"
+    assert {eq({"effect": 0.0, "ci95": c}, 0.03) for c in ([-0.02, 0.02], [-0.1, 0.1], [0.01, 0.2])} <= set(
+        paired.EQUIVALENCE_VERDICTS)
+
+
 def test_single_row_b_broadcasts_one_seed_has_no_seed_term_and_shapes_are_checked():
     a = np.array([[1, 0, 1, 1], [1, 1, 0, 1]], float)
     t = np.array([[1, 0, 0, 1]], float)

@@ -27,7 +27,10 @@ CLAIMS = [
     ("A separate adversarial loss beats reward shaping", "uniapl", "uniapl_shaped", "ablation"),
     ("A fixed discriminator beats a co-trained one", "uniapl", "uniapl_cotrained", "the paper keeps D fixed"),
     ("Too large lambda_adv hurts (best vs largest)", "best_lambda", "largest_lambda", "sweep figure"),
+    ("Our GRPO matches TRL's GRPOTrainer", "grpo", "trl_grpo", "baseline check (not a paper claim)"),
 ]
+EQUIVALENCE = {"Our GRPO matches TRL's GRPOTrainer"}
+"""Claims of no difference: verdict equivalent (95% CI inside +-min_effect) / differs (CI excludes 0) / inconclusive."""
 V2_CANDIDATES = ("sft->a_grpo", "a_sft->a_grpo")
 
 
@@ -108,7 +111,8 @@ def claim_results(results_dir, students, claims_cfg, runs=None, split_metrics=No
                 return paired.compare_models(results_dir, models_a, models_b, split, metric)
 
             r = stat("in_domain", primary)
-            entry.update({"verdict": paired.verdict(r, claims_cfg.min_effect), "min_effect": claims_cfg.min_effect,
+            judge = paired.equivalence_verdict if name in EQUIVALENCE else paired.verdict
+            entry.update({"verdict": judge(r, claims_cfg.min_effect), "min_effect": claims_cfg.min_effect,
                           **({k: r.get(k) for k in ("effect", "ci95", "p", "mde", "se", "se_seed", "se_prompt", "df",
                                                     "n_seeds", "n_prompts", "mean_a", "mean_b")} if r else
                              {"effect": None, "ci95": None, "p": None, "mde": None})})
@@ -117,7 +121,7 @@ def claim_results(results_dir, students, claims_cfg, runs=None, split_metrics=No
                 s2 = stat(split, metric)
                 if s2:
                     entry["secondary"][f"{split}/{metric}"] = {
-                        "verdict": paired.verdict(s2, claims_cfg.min_effect),
+                        "verdict": judge(s2, claims_cfg.min_effect),
                         **{k: s2[k] for k in ("effect", "ci95", "p", "mde", "n_seeds", "n_prompts")}}
             out.append(entry)
     return out, chosen

@@ -401,14 +401,33 @@ class TrainConfig(Strict):
 
 
 class PipelineConfig(Strict):
-    """What `dvc repro` trains: seeds and ablation grid (read by dvc.yaml's matrices)."""
+    """What `dvc repro` trains: seeds and ablation grid (read by dvc.yaml's matrices). A training stage runs two
+    runs side by side, one thread each (experiments/side_by_side.py), so the lists come in pairs: a pair of
+    seeds for the main table, a pair of lambda values for the sweep."""
 
-    seeds: list[int] = Field([0, 1, 2], min_length=1)
-    """Seeds of every main-table run."""
-    ablation_seeds: list[int] = Field([0, 1], min_length=1)
+    seeds: list[tuple[int, int]] = Field([(0, 1), (2, 3)], min_length=1)
+    """Seeds of every main-table run, in pairs (each pair is one stage: `train_s@sft-seeds0` trains seeds 0 and 1)."""
+    ablation_seeds: list[int] = Field([0, 1, 2], min_length=1)
     """Seeds of the ablation runs (lambda_adv sweep, reward shaping, co-trained discriminator)."""
-    lambda_sweep: list[float] = Field([0.0, 0.5, 2.0], min_length=1)
-    """lambda_adv values of the sweep, besides uniapl's own `uniapl.lambda_adv`."""
+    lambda_sweep: list[tuple[float, float]] = Field([(0.0, 0.5), (1.0, 2.0)], min_length=1)
+    """lambda_adv values of the sweep, in pairs, besides uniapl's own `uniapl.lambda_adv`."""
+
+    @model_validator(mode="after")
+    def _distinct(self):
+        seeds = [s for pair in self.seeds for s in pair]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds: a seed appears twice in {[list(p) for p in self.seeds]}")
+        if len(set(self.ablation_seeds)) != len(self.ablation_seeds):
+            raise ValueError(f"ablation_seeds: a seed appears twice in {self.ablation_seeds}")
+        lams = [x for pair in self.lambda_sweep for x in pair]
+        if len(set(lams)) != len(lams):
+            raise ValueError(f"lambda_sweep: a value appears twice in {[list(p) for p in self.lambda_sweep]}")
+        return self
+
+    @property
+    def seed_list(self) -> list[int]:
+        """Every main-table seed, in order."""
+        return [s for pair in self.seeds for s in pair]
 
 
 class SelectionConfig(Strict):
@@ -461,6 +480,18 @@ class ClaimsConfig(Strict):
     quarter of its steps is less than this above the mean over the quarter before (0.01 = 1 point)."""
 
 
+class LaunchConfig(Strict):
+    """How a training stage starts its runs (dvc.yaml: `experiments/side_by_side.py --jobs <jobs>` over
+    `<python> experiments/train.py ...`). Part of each stage's command, so a change re-runs the stages."""
+
+    python: str = "python"
+    """The launcher of one run: `python` here; at paper scale e.g. `torchrun --standalone --nproc_per_node 8`
+    (with `train.distributed: deepspeed`), or `torchrun --nnodes ... --rdzv-endpoint ...` across nodes."""
+    jobs: int = Field(2, ge=1)
+    """Runs of a stage at a time: 2 on a 2-core CPU (one thread each, `train.threads: 1`); 1 when a run takes
+    every GPU of the machine."""
+
+
 class _ParamsBase(Strict):
     world: WorldConfig
     """The embedded world (stage `world`)."""
@@ -478,6 +509,8 @@ class _ParamsBase(Strict):
     """The frozen discriminator (stage `discriminator`)."""
     pipeline: PipelineConfig = PipelineConfig()
     """Which runs dvc.yaml's matrices train."""
+    launch: LaunchConfig = LaunchConfig()
+    """How the training stages start their runs."""
     selection: SelectionConfig = SelectionConfig()
     """The per-method grid on the validation split (stages `select@*`, `choose`)."""
     claims: ClaimsConfig = ClaimsConfig()

@@ -32,6 +32,7 @@ from scipy import stats
 from uniapl.errors import DataError
 
 VERDICTS = ("replicated", "reversed", "not replicated", "inconclusive", "not run")
+EQUIVALENCE_VERDICTS = ("equivalent", "differs", "inconclusive", "not run")
 
 
 def read_pass(results_dir: str | Path, model: str, split: str, metric: str = "greedy") -> dict[str, float] | None:
@@ -121,6 +122,21 @@ def verdict(result: dict | None, min_effect: float) -> str:
         return "reversed"
     if hi < min_effect:
         return "not replicated"
+    return "inconclusive"
+
+
+def equivalence_verdict(result: dict | None, min_effect: float) -> str:
+    """For a claim of no difference: equivalent (95% CI inside (-min_effect, +min_effect)), differs (the CI
+    excludes 0), else inconclusive (/ not run)."""
+    if not result or result.get("effect") is None or math.isnan(result["effect"]):
+        return "not run"
+    lo, hi = result["ci95"]
+    if lo is None or math.isnan(lo):
+        return "inconclusive"
+    if -min_effect < lo and hi < min_effect:
+        return "equivalent"
+    if lo > 0 or hi < 0:
+        return "differs"
     return "inconclusive"
 
 
