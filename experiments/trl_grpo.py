@@ -29,6 +29,7 @@ if __name__ == "__main__":
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -183,7 +184,6 @@ def main() -> None:
                                       **{k: meta[k] for k in ("git_revision", "versions")}})
     write_json(out / "run.json", meta)
     live.end()
-    import shutil
     shutil.rmtree(out / "trl_output", ignore_errors=True)
     final = load_policy(str(out / "model"))
     n_runs = params.evaluate.n_sampled if params.evaluate.n_sampled_runs is None else params.evaluate.n_sampled_runs

@@ -424,11 +424,6 @@ class PipelineConfig(Strict):
             raise ValueError(f"lambda_sweep: a value appears twice in {[list(p) for p in self.lambda_sweep]}")
         return self
 
-    @property
-    def seed_list(self) -> list[int]:
-        """Every main-table seed, in order."""
-        return [s for pair in self.seeds for s in pair]
-
 
 class SelectionConfig(Strict):
     """The selection stage (`select@<candidate>`, then `choose`): short grids per method, one seed, scored on the
