@@ -164,8 +164,12 @@ def main(results_dir: str, out: str, tables_dir: str, students: list[str], metho
     """``runs``: count only these run names (``analysis.declared_runs``); None: every run on disk."""
     from uniapl.config import load_params, run_config
     lam = None
-    if Path(params_path).exists():  # the uniapl row is the sweep's point at uniapl.lambda_adv
-        lam = run_config(load_params(params_path), "uniapl", "student-s", 0).lambda_adv
+    if Path(params_path).exists():  # the uniapl row is the sweep's point at its own lambda_adv: the selected one
+        chosen = {}               # (results/selection/uniapl.json, as train.py --selected applies it), else params'
+        sel = Path(results_dir) / "selection" / "uniapl.json"
+        if sel.is_file():
+            chosen = json.loads(sel.read_text()).get("chosen") or {}
+        lam = run_config(load_params(params_path), "uniapl", "student-s", 0, chosen).lambda_adv
     if not (Path(results_dir) / "eval").is_dir():
         from uniapl.errors import MissingPathError
         raise MissingPathError(f"{results_dir}/eval: no such directory (run the evaluation and training stages "
