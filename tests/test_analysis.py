@@ -328,3 +328,19 @@ def test_compare_summaries_cli_writes_markdown_and_rejects_a_non_summary(tmp_pat
     with pytest.raises(SystemExit, match="bad.json: not a summary.json"):
         mod.main(str(src), str(bad), ("a", "b"), str(tmp_path / "x.md"))
     assert not (tmp_path / "x.md").exists()
+
+
+def test_uniapl_row_joins_the_sweep_at_its_selected_lambda(tmp_path):
+    """The uniapl row is the sweep's point at the lambda_adv its runs trained with: the selected one
+    (results/selection/uniapl.json), not params' default."""
+    res = make_tree(tmp_path / "results", {"uniapl": (0.7, 0.01), "uniapl_lam0": (0.6, 0.01), "uniapl_lam1": (0.5, 0.0)})
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())  # its uniapl.lambda_adv: 0.1
+    agg = _load("aggregate")
+    s = agg.main(str(res), str(res / "summary.json"), str(tmp_path / "tables"), [STUDENT], None, str(params))
+    assert s["tests"][STUDENT]["lambda_adv_sweep"]["lambdas"] == [0.0, 0.1, 1.0]
+    (res / "selection").mkdir()
+    (res / "selection" / "uniapl.json").write_text(json.dumps({"method": "uniapl", "chosen": {"lr": 6e-4, "lambda_adv": 0.3}}))
+    s = agg.main(str(res), str(res / "summary.json"), str(tmp_path / "tables"), [STUDENT], None, str(params))
+    sw = s["tests"][STUDENT]["lambda_adv_sweep"]
+    assert sw["lambdas"] == [0.0, 0.3, 1.0] and sw["methods"] == ["uniapl_lam0", "uniapl", "uniapl_lam1"]
